@@ -1,0 +1,5 @@
+"""``python -m dhtshare`` runs the command-line interface."""
+
+from dhtshare.cli import main
+
+main()

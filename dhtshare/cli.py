@@ -1,0 +1,446 @@
+"""The command line: ``dhtshare bootstrap | node | publish | fetch | status``.
+
+Only this module prints, configures logging or exits.  Every
+:class:`~dhtshare.errors.DhtshareError` becomes one line on stderr and a
+non-zero exit code; a traceback means a bug.  Heavy modules are imported
+inside the commands so that ``dhtshare fetch`` through a running node starts
+fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from dhtshare.errors import ConfigError, DhtshareError, NodeNotRunning
+
+if TYPE_CHECKING:
+    from dhtshare.config import Config
+    from dhtshare.node import Node
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="dhtshare",
+    help="Trackerless peer-to-peer file sharing: chunks verified by SHA-256, "
+    "providers found in a Kademlia DHT, data pulled from many peers at once.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+log = logging.getLogger("dhtshare")
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Node data directory [env: DHTSHARE_DATA_DIR; "
+                 "default: ~/.local/share/dhtshare]", show_default=False),
+]
+HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on (UDP and TCP).")]
+PortOpt = Annotated[int, typer.Option("--port", help="Port for both the DHT (UDP) and "
+                                      "chunk transfers (TCP); 0 picks a free one.")]
+PeerOpt = Annotated[
+    list[str] | None,
+    typer.Option("--peer", help="HOST:PORT of a node to join through (repeatable) "
+                 "[env: DHTSHARE_PEERS, comma-separated].", show_default=False),
+]
+AdvertiseOpt = Annotated[
+    str | None,
+    typer.Option("--advertise", help="Address other hosts should use to reach this node "
+                 "(default: as peers see it).", show_default=False),
+]
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the result.")]
+
+
+# --- plumbing --------------------------------------------------------------------------
+
+
+def _setup_logging(verbose: int, default: int = logging.WARNING) -> None:
+    level = default if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The DHT library logs every timeout at ERROR; those are routine churn for us.
+    for noisy in ("kademlia", "rpcudp"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"dhtshare: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; user errors become one line on stderr and an exit code."""
+    try:
+        return asyncio.run(coro)
+    except DhtshareError as err:
+        _fail(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _data_dir(value: Path | None) -> Path:
+    from dhtshare.config import default_data_dir
+
+    return (value or default_data_dir()).expanduser()
+
+
+def _peers(values: list[str] | None) -> tuple[tuple[str, int], ...]:
+    from dhtshare.netaddr import parse_peers
+
+    return parse_peers(values, os.environ.get("DHTSHARE_PEERS"))
+
+
+def _config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, int], ...],
+            advertise: str | None = None) -> Config:
+    from dhtshare.config import Config
+
+    if not 0 <= port < 65536:
+        raise ConfigError(f"port {port} is out of range (0-65535)")
+    if host == "0.0.0.0" and advertise in ("0.0.0.0", "127.0.0.1"):
+        raise ConfigError("--advertise must be an address other hosts can reach")
+    env = os.environ
+    kw: dict[str, Any] = {}
+    for name, key in (("provider_ttl", "DHTSHARE_PROVIDER_TTL"),
+                      ("reannounce_interval", "DHTSHARE_REANNOUNCE")):
+        if key in env:
+            kw[name] = float(env[key])
+    return Config(data_dir=data_dir, host=host, port=port, advertise=advertise, peers=peers, **kw)
+
+
+async def _wait_for_signal(node: Node) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stop_task = asyncio.ensure_future(stop.wait())
+    node_task = asyncio.ensure_future(node.stopped.wait())
+    await asyncio.wait([stop_task, node_task], return_when=asyncio.FIRST_COMPLETED)
+    stop_task.cancel()
+    node_task.cancel()
+    log.info("shutting down")
+
+
+def _ready_line(node: Node) -> None:
+    print(f"dhtshare node {node.node_id.hex()[:16]} listening on "
+          f"{node.config.host}:{node.port} (data dir {node.data_dir})", flush=True)
+
+
+class _Progress:
+    """A progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        self._label = label
+        self._enabled = enabled and sys.stderr.isatty()
+
+    def __enter__(self) -> _Progress:
+        if self._enabled:
+            from rich.progress import (
+                BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn,
+            )
+            from rich.console import Console
+
+            self._bar = Progress(
+                "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=True,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self._label, total=None)
+        return self
+
+    def update(self, data: dict[str, Any]) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=data.get("done", 0), total=data.get("total"))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+async def _via_control(data_dir: Path, op: str, args: dict[str, Any],
+                       progress: _Progress) -> dict[str, Any] | None:
+    """Run ``op`` on the node of ``data_dir``; ``None`` when no node runs there."""
+    from dhtshare.control import ControlClient
+
+    try:
+        client = await ControlClient.connect(data_dir)
+    except NodeNotRunning:
+        return None
+    try:
+        return await client.call(op, args, progress.update)
+    finally:
+        await client.close()
+
+
+def _short_lived_host(peers: tuple[tuple[str, int], ...]) -> str:
+    from dhtshare.providers import is_loopback
+
+    return "127.0.0.1" if all(is_loopback(h) for h, _ in peers) else "0.0.0.0"
+
+
+async def _with_node(config: Config, body: Callable[[Node], Awaitable[T]],
+                     allow_temp: bool) -> T:
+    """Start a node for ``config`` (or on a temp data dir if that one is busy) and run body."""
+    from dataclasses import replace
+
+    from dhtshare.node import DataDirBusy, Node
+
+    tmp: str | None = None
+    try:
+        try:
+            node = Node(config)
+            async with node:
+                return await body(node)
+        except DataDirBusy:
+            if not allow_temp:
+                raise
+            tmp = tempfile.mkdtemp(prefix="dhtshare-")
+            async with Node(replace(config, data_dir=Path(tmp))) as node:
+                return await body(node)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def _serve(data_dir: Path | None, host: str, port: int, peers: tuple[tuple[str, int], ...],
+           advertise: str | None, verbose: int) -> None:
+    _setup_logging(verbose, logging.INFO)
+    config = _config(_data_dir(data_dir), host, port, peers, advertise)
+
+    async def main() -> None:
+        from dhtshare.node import Node
+
+        async with Node(config) as node:
+            _ready_line(node)
+            await _wait_for_signal(node)
+
+    _run(main())
+
+
+@app.command()
+def bootstrap(
+    host: HostOpt = "0.0.0.0",
+    port: PortOpt = 7000,
+    data_dir: DataDirOpt = None,
+    advertise: AdvertiseOpt = None,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Run the first node of a new network, in the foreground (Ctrl-C stops it).
+
+    Other nodes join with 'dhtshare node --peer THIS_HOST:PORT'.
+    """
+    _serve(data_dir, host, port, (), advertise, verbose)
+
+
+@app.command()
+def node(
+    peer: PeerOpt = None,
+    host: HostOpt = "0.0.0.0",
+    port: PortOpt = 7000,
+    data_dir: DataDirOpt = None,
+    advertise: AdvertiseOpt = None,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Run a long-lived node that joins the network through --peer, in the foreground.
+
+    It serves what it holds, and 'publish'/'fetch' with the same --data-dir go through it.
+    A restart from the same data dir rejoins through its saved contacts.
+    """
+    try:
+        peers = _peers(peer)
+    except DhtshareError as err:
+        _fail(str(err), err.exit_code)
+    _serve(data_dir, host, port, peers, advertise, verbose)
+
+
+@app.command()
+def publish(
+    file: Annotated[Path, typer.Argument(help="The file to share.", show_default=False)],
+    data_dir: DataDirOpt = None,
+    peer: PeerOpt = None,
+    chunk_size: Annotated[str, typer.Option("--chunk-size", help="Chunk size: bytes or "
+                                            "K/M suffix, 512 to 16M.")] = "1M",
+    host: HostOpt = "",
+    port: PortOpt = 0,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Share FILE: print its manifest hash (the last line of stdout).
+
+    With a node running on the data dir, the node takes the file over and this
+    command returns.  Otherwise it joins through --peer and keeps serving in the
+    foreground until interrupted.  The file is served from where it is, not copied.
+    """
+    _setup_logging(verbose)
+    from dhtshare.manifest import check_chunk_size
+    from dhtshare.netaddr import parse_size
+
+    try:
+        size = check_chunk_size(parse_size(chunk_size))
+        peers = _peers(peer)
+        path = file.expanduser().resolve()
+        if not path.exists():
+            raise ConfigError(f"{file}: no such file")
+        if not path.is_file():
+            raise ConfigError(f"{file} is not a regular file")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"{file} is not readable")
+        ddir = _data_dir(data_dir)
+    except DhtshareError as err:
+        _fail(str(err), err.exit_code)
+
+    def show(result: dict[str, Any]) -> None:
+        if json_out:
+            print(json.dumps(result), flush=True)
+        else:
+            print(f"published {result['name']} ({result['size']} bytes, {result['chunks']} "
+                  f"chunks) announced to {result['dht_stores']} DHT nodes", flush=True)
+            print(result["hash"], flush=True)
+
+    async def main() -> None:
+        args = {"path": str(path), "chunk_size": size}
+        with _Progress("hashing", not json_out) as bar:
+            result = await _via_control(ddir, "publish", args, bar)
+        if result is not None:
+            show(result)
+            return
+        if not peers:
+            raise NodeNotRunning(
+                f"no dhtshare node is running on data dir {ddir}: start one with "
+                "'dhtshare node --peer HOST:PORT', or pass --peer to publish and serve from here"
+            )
+        config = _config(ddir, host or _short_lived_host(peers), port, peers)
+
+        async def body(node: Node) -> None:
+            with _Progress("hashing", not json_out) as bar:
+                result = await node.publish(path, size, lambda _k, d: bar.update(d))
+            show(result)
+            print("serving until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+            await _wait_for_signal(node)
+
+        await _with_node(config, body, allow_temp=False)
+
+    _run(main())
+
+
+@app.command()
+def fetch(
+    hash_: Annotated[str, typer.Argument(metavar="HASH", help="Manifest hash (64 hex "
+                                         "characters) printed by 'dhtshare publish'.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write, or an "
+                      "existing directory to write the file's own name into "
+                      "[default: its name in the current directory].", show_default=False)] = None,
+    data_dir: DataDirOpt = None,
+    peer: PeerOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    host: HostOpt = "",
+    port: PortOpt = 0,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Download a file by its manifest hash, verifying every chunk.
+
+    Goes through the node on the data dir when one runs; otherwise runs a
+    short-lived node joined through --peer.  Exits 0 only when the file is
+    complete and verified.
+    """
+    _setup_logging(verbose)
+    try:
+        from dhtshare.ids import parse_manifest_hash
+
+        h = parse_manifest_hash(hash_)
+        peers = _peers(peer)
+        ddir = _data_dir(data_dir)
+    except DhtshareError as err:
+        _fail(str(err), err.exit_code)
+    cwd = Path.cwd()
+
+    def show(result: dict[str, Any]) -> None:
+        if json_out:
+            print(json.dumps(result), flush=True)
+            return
+        secs = max(result["elapsed"], 1e-6)
+        rate = result["size"] / secs / 1e6
+        print(f"fetched {result['name']} ({result['size']} bytes) to {result['path']} from "
+              f"{len(result['peers'])} peer(s) in {secs:.2f} s ({rate:.1f} MB/s), verified",
+              flush=True)
+
+    async def main() -> None:
+        args = {"hash": h.hex(), "output": str(output) if output else None,
+                "cwd": str(cwd), "force": force}
+        with _Progress("fetching", not json_out) as bar:
+            result = await _via_control(ddir, "fetch", args, bar)
+            if result is None:
+                if not peers:
+                    raise NodeNotRunning(
+                        f"no dhtshare node is running on data dir {ddir} and no --peer given: "
+                        "start a node, or pass --peer HOST:PORT"
+                    )
+                config = _config(ddir, host or _short_lived_host(peers), port, peers)
+
+                async def body(node: Node) -> dict[str, Any]:
+                    res = await node.fetch(h, output, cwd, force,
+                                           lambda _k, d: bar.update(d))
+                    return res.to_json()
+
+                result = await _with_node(config, body, allow_temp=True)
+        show(result)
+
+    _run(main())
+
+
+@app.command()
+def status(
+    data_dir: DataDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show what the node on the data dir holds and how many contacts it has."""
+    _setup_logging(0)
+    ddir = _data_dir(data_dir)
+
+    async def main() -> dict[str, Any]:
+        with _Progress("", False) as bar:
+            result = await _via_control(ddir, "status", {}, bar)
+        if result is None:
+            raise NodeNotRunning(f"no dhtshare node is running on data dir {ddir}")
+        return result
+
+    result = _run(main())
+    if json_out:
+        print(json.dumps(result))
+        return
+    print(f"node {result['node_id'][:16]} on {result['host']}:{result['port']}, "
+          f"{result['contacts']} DHT contacts, {result['bytes_served']} bytes served")
+    for item in result["content"]:
+        state = "complete" if item["complete"] else "partial"
+        print(f"  {item['hash']}  {item['size']:>12}  {state:8}  {item['name']}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    with contextlib.suppress(BrokenPipeError):
+        app()

@@ -1,0 +1,68 @@
+"""Limits and defaults, in one frozen place.
+
+The CLI builds a :class:`Config` from flags and environment and passes it
+down; no module reads flags or the environment on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+PROTOCOL_VERSION = 1
+
+DEFAULT_CHUNK_SIZE = MIB
+MIN_CHUNK_SIZE = 512
+MAX_CHUNK_SIZE = 16 * MIB
+
+#: Largest file a manifest may describe (1 PiB): beyond any real use, small
+#: enough that chunk counts stay in memory-safe bounds.
+MAX_FILE_SIZE = 1 << 50
+#: A manifest of 1 PiB at 16 MiB chunks holds 64 Mi hashes; we refuse far
+#: earlier: 4 Mi chunks is 128 MiB of hashes, the most we will ever load.
+MAX_CHUNKS = 4 * 1024 * 1024
+#: Hard cap on the small msgpack header of a frame.
+MAX_HEADER_SIZE = 64 * KIB
+#: Hard cap on a frame's raw body: a chunk or a manifest.
+MAX_BODY_SIZE = MAX_CHUNKS * 32 + 4 * KIB
+
+
+def default_data_dir() -> Path:
+    """``$DHTSHARE_DATA_DIR``, else ``$XDG_DATA_HOME/dhtshare``, else ``~/.local/share/dhtshare``."""
+    env = os.environ.get("DHTSHARE_DATA_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "dhtshare"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a node needs to know to run."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise: str | None = None
+    peers: tuple[tuple[str, int], ...] = ()
+    #: Seconds a provider record lives at a DHT node before it is dropped.
+    provider_ttl: float = 1800.0
+    #: Seconds between re-announcements (well inside the TTL).
+    reannounce_interval: float = 600.0
+    #: rpcudp wait for a DHT reply; the library's 5 s makes dead peers costly.
+    dht_timeout: float = 1.5
+    #: Seconds a DHT contact that timed out is not asked again.
+    dead_peer_ttl: float = 60.0
+    connect_timeout: float = 5.0
+    request_timeout: float = 30.0
+    #: Peers a fetch talks to at once.
+    max_fetch_peers: int = 16
+    #: Bytes requested but not yet received from one peer.
+    window_bytes: int = 16 * MIB
+    extra: dict[str, str] = field(default_factory=dict)

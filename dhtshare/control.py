@@ -1,0 +1,168 @@
+"""The local control socket: how ``dhtshare publish``/``fetch`` talk to a running node.
+
+A Unix socket in the data dir (permissions 0600), speaking the same framed
+messages as peers (:class:`~dhtshare.messages.Control` requests answered by
+:class:`~dhtshare.messages.ControlEvent` progress, result or error events),
+so one codec owns every byte dhtshare puts on a wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from dhtshare import messages as m
+from dhtshare.errors import DhtshareError, NodeNotRunning, RemoteProtocolError
+from dhtshare.framing import FrameDecoder, encode_frame
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "control.sock"
+#: Unix socket paths are limited to 108 bytes; longer data dirs use /tmp.
+MAX_SUN_PATH = 100
+PROGRESS_INTERVAL = 0.1
+
+Emit = Callable[[str, dict[str, Any]], None]
+OpHandler = Callable[[dict[str, Any], Emit], Awaitable[dict[str, Any]]]
+
+
+def socket_path(data_dir: Path) -> Path:
+    path = data_dir.resolve() / SOCKET_NAME
+    if len(str(path)) <= MAX_SUN_PATH:
+        return path
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    return Path("/tmp") / f"dhtshare-{os.getuid()}-{digest}.sock"
+
+
+class ControlServer:
+    """Serves control requests with the node's op handlers."""
+
+    def __init__(self, path: Path, ops: dict[str, OpHandler]) -> None:
+        self.path = path
+        self.ops = ops
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
+        finally:
+            os.umask(old_umask)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        decoder = FrameDecoder(max_body=0)
+        try:
+            while data := await reader.read(65536):
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    msg = m.decode(frame.header)
+                    if not isinstance(msg, m.Control):
+                        raise RemoteProtocolError("expected a control request")
+                    await self._run(msg, writer)
+        except (RemoteProtocolError, ConnectionError) as err:
+            log.info("control client dropped: %s", err)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _run(self, msg: m.Control, writer: asyncio.StreamWriter) -> None:
+        last = 0.0
+
+        def emit(kind: str, data: dict[str, Any]) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if kind == "progress" and now - last < PROGRESS_INTERVAL:
+                return
+            last = now
+            writer.write(encode_frame(m.encode(m.ControlEvent(msg.req, kind, data))))
+
+        handler = self.ops.get(msg.op)
+        try:
+            if handler is None:
+                raise DhtshareError(f"unknown control operation {msg.op!r}")
+            result = await handler(msg.args, emit)
+            event = m.ControlEvent(msg.req, "result", result)
+        except DhtshareError as err:
+            event = m.ControlEvent(
+                msg.req, "error", {"message": str(err), "exit_code": err.exit_code}
+            )
+        except Exception as err:
+            log.exception("control operation %s failed", msg.op)
+            event = m.ControlEvent(msg.req, "error", {"message": f"internal error: {err}"})
+        writer.write(encode_frame(m.encode(event)))
+        await writer.drain()
+
+
+class ControlClient:
+    """Connects to a node's control socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder(max_body=0)
+
+    @classmethod
+    async def connect(cls, data_dir: Path) -> ControlClient:
+        path = socket_path(data_dir)
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+        except OSError as err:
+            raise NodeNotRunning(f"no dhtshare node is running on data dir {data_dir}") from err
+        return cls(reader, writer)
+
+    async def call(
+        self,
+        op: str,
+        args: dict[str, Any],
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        self.writer.write(encode_frame(m.encode(m.Control(1, op, args))))
+        await self.writer.drain()
+        while True:
+            while (frame := self.decoder.next_frame()) is None:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise NodeNotRunning("the node closed the control connection")
+                self.decoder.feed(data)
+            event = m.decode(frame.header)
+            if not isinstance(event, m.ControlEvent):
+                raise RemoteProtocolError("unexpected message on the control socket")
+            if event.kind == "progress":
+                if on_progress is not None:
+                    on_progress(event.data)
+                continue
+            if event.kind == "error":
+                err = DhtshareError(str(event.data.get("message", "unknown error")))
+                code = event.data.get("exit_code")
+                if isinstance(code, int):
+                    err.exit_code = code
+                raise err
+            return event.data
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()

@@ -1,0 +1,500 @@
+"""The fetch engine: from a manifest hash to a verified file on disk.
+
+1. Find the manifest's providers in the DHT, fetch the manifest from one of
+   them and check it against the hash.
+2. Open one worker per provider (up to a limit).  Each asks its peer which
+   chunks it has, subscribes to its HAVE updates, and keeps a window of chunk
+   requests in flight on the peer's single long-lived connection.  The
+   :class:`~dhtshare.picker.Picker` decides what to ask: rarest first, random
+   among equals, duplicates only in the endgame.
+3. Every chunk is hashed before it is written (``pwrite`` into a temporary
+   file next to the target, in a worker thread so the loop keeps receiving);
+   a bad chunk bans its sender for the rest of the fetch.  Each verified
+   chunk is served at once and pushed to subscribed peers.
+4. Dead peers are replaced from the DHT; when chunks have no provider left,
+   the fetch fails saying how many, and keeps the verified part on disk.
+5. When complete, the file is synced and renamed into place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from dhtshare import messages as m
+from dhtshare.config import KIB, Config
+from dhtshare.errors import (
+    ConfigError,
+    DhtshareError,
+    IntegrityError,
+    ManifestError,
+    ManifestNotFound,
+    NoProviders,
+    PeerError,
+    RemoteProtocolError,
+    StorageError,
+)
+from dhtshare.ids import ManifestHash, short
+from dhtshare.manifest import Manifest
+from dhtshare.peers import PeerPool
+from dhtshare.picker import Picker
+from dhtshare.providers import ProviderRecord
+from dhtshare.store import ContentStore, Entry
+from dhtshare.transport import Connection, NotFoundReply
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+Progress = Callable[[int, int], None]
+
+#: Chunks up to this size are verified and written inline (a thread hop costs more).
+INLINE_CHUNK = 64 * KIB
+#: Most requests in flight to one peer, whatever the chunk size.
+MAX_WINDOW = 256
+#: How long to keep looking for providers of missing chunks before giving up.
+STALL_TIMEOUT = 8.0
+LOOKUP_INTERVAL = 2.0
+MAX_LOOKUPS = 6
+
+
+class FetchServices(Protocol):
+    """What the fetch engine needs from its node."""
+
+    config: Config
+    node_id: bytes
+    store: ContentStore
+    pool: PeerPool
+
+    async def find_providers(self, h: bytes) -> list[ProviderRecord]: ...
+
+    def chunk_verified(self, manifest: Manifest, index: int, first: bool) -> None: ...
+
+
+@dataclass
+class FetchResult:
+    manifest: Manifest
+    path: Path
+    elapsed: float
+    bytes_downloaded: int = 0
+    bytes_reused: int = 0
+    peers: dict[str, int] = field(default_factory=dict)
+    banned: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hash": self.manifest.hash.hex(),
+            "name": self.manifest.name,
+            "path": str(self.path),
+            "size": self.manifest.size,
+            "chunk_size": self.manifest.chunk_size,
+            "chunks": self.manifest.chunk_count,
+            "elapsed": round(self.elapsed, 4),
+            "bytes_downloaded": self.bytes_downloaded,
+            "bytes_reused": self.bytes_reused,
+            "peers": dict(self.peers),
+            "banned": list(self.banned),
+        }
+
+
+def resolve_output(output: Path | None, cwd: Path, name: str) -> Path:
+    """``-o`` as a file, or an existing directory to put ``name`` in, or ``cwd/name``."""
+    if output is None:
+        return cwd / name
+    output = output if output.is_absolute() else cwd / output
+    if output.is_dir():
+        return output / name
+    return output
+
+
+def check_target(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists: pass --force to overwrite it")
+    if path.exists() and path.is_dir():
+        raise ConfigError(f"{path} is a directory")
+    if not path.parent.is_dir():
+        raise ConfigError(f"directory {path.parent} does not exist")
+
+
+def _verify_and_write(fd: int, data: bytes | bytearray, expected: bytes, offset: int) -> bool:
+    if hashlib.sha256(data).digest() != expected:
+        return False
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+    return True
+
+
+class Fetch:
+    """One download of one manifest; ``run`` drives it to a verified file."""
+
+    def __init__(
+        self,
+        services: FetchServices,
+        manifest_hash: ManifestHash,
+        output: Path | None,
+        cwd: Path,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> None:
+        self.s = services
+        self.mh = manifest_hash
+        self.output = output
+        self.cwd = cwd
+        self.force = force
+        self.progress = progress or (lambda _d, _t: None)
+        self.peers_bytes: dict[str, int] = {}
+        self.banned: set[Address] = set()
+        self.banned_ids: set[bytes] = set()
+        self.tried: set[Address] = set()
+        self.workers: dict[Address, asyncio.Task[None]] = {}
+        self.wakeups: dict[Address, asyncio.Event] = {}
+        self.requests: dict[tuple[Address, int], tuple[Connection, int]] = {}
+        self.providers: dict[Address, ProviderRecord] = {}
+        self.done_bytes = 0
+        self.downloaded = 0
+        self.fatal: DhtshareError | None = None
+        self.finished = asyncio.Event()
+        self._verified_any = False
+
+    # -- entry point ------------------------------------------------------------------
+    async def run(self) -> FetchResult:
+        t0 = time.perf_counter()
+        if self.output is not None:
+            out = self.output if self.output.is_absolute() else self.cwd / self.output
+            if not out.is_dir():
+                check_target(out, self.force)
+        manifest = await self._get_manifest()
+        target = resolve_output(self.output, self.cwd, manifest.name)
+        check_target(target, self.force)
+        local = self.s.store.get(self.mh)
+        if local is not None and local.complete:
+            await asyncio.to_thread(self._copy_local, local, target)
+            self.s.store.add_complete(manifest, target)
+            elapsed = time.perf_counter() - t0
+            return FetchResult(manifest, target, elapsed, 0, manifest.size, {}, [])
+        await self._download(manifest, target)
+        return FetchResult(
+            manifest,
+            target,
+            time.perf_counter() - t0,
+            self.downloaded,
+            0,
+            dict(self.peers_bytes),
+            sorted(f"{h}:{p}" for h, p in self.banned),
+        )
+
+    # -- manifest -----------------------------------------------------------------------
+    async def _lookup(self) -> list[ProviderRecord]:
+        records = await self.s.find_providers(self.mh)
+        fresh = []
+        for r in records:
+            if r.node_id == self.s.node_id or r.node_id in self.banned_ids:
+                continue
+            if r.address in self.banned:
+                continue
+            self.providers[r.address] = r
+            fresh.append(r)
+        # Complete providers first, then the most recently refreshed.
+        fresh.sort(key=lambda r: (not r.complete, -r.ttl))
+        return fresh
+
+    async def _get_manifest(self) -> Manifest:
+        local = self.s.store.get(self.mh)
+        if local is not None:
+            return local.manifest
+        records = await self._lookup()
+        if not records:
+            raise ManifestNotFound(
+                f"no reachable peer provides {self.mh.hex()}: check the hash, "
+                "and that a node holding the file is running"
+            )
+        errors = []
+        for rec in records[:8]:
+            try:
+                conn = await self.s.pool.get(rec.address)
+                data = await conn.get_manifest(self.mh, self.s.config.request_timeout)
+                return Manifest.decode_verified(bytes(data), self.mh)
+            except (IntegrityError, ManifestError) as err:
+                log.warning("peer %s:%d sent a bad manifest: %s", *rec.address, err)
+                self._ban(rec.address, rec.node_id, None)
+                errors.append(str(err))
+            except (PeerError, NotFoundReply, RemoteProtocolError) as err:
+                errors.append(str(err))
+        raise ManifestNotFound(
+            f"could not get manifest {self.mh.hex()} from {len(records)} provider(s): "
+            + "; ".join(errors[:3])
+        )
+
+    def _copy_local(self, entry: Entry, target: Path) -> None:
+        if target.resolve() == entry.path.resolve():
+            return
+        tmp = target.with_name(f".{target.name}.dhtshare-tmp")
+        man = entry.manifest
+        with open(tmp, "wb") as out:
+            for i in range(man.chunk_count):
+                data = entry.read_chunk(i)
+                if hashlib.sha256(data).digest() != man.chunk_hash(i):
+                    raise IntegrityError(f"local copy {entry.path} is damaged at chunk {i}")
+                out.write(data)
+        os.replace(tmp, target)
+
+    # -- download -------------------------------------------------------------------------
+    async def _download(self, manifest: Manifest, target: Path) -> None:
+        self.manifest = manifest
+        n = manifest.chunk_count
+        self.picker: Picker[Address] = Picker(n)
+        part = target.with_name(f".{target.name}.{self.mh.hex()[:16]}.part")
+        try:
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as err:
+            raise StorageError(f"cannot create {part}: {err.strerror or err}") from err
+        self.fd = fd
+        held = bytearray(n)
+        self.entry = self.s.store.add_partial(manifest, part, held)
+        window = max(4, min(MAX_WINDOW, self.s.config.window_bytes // manifest.chunk_size))
+        self.window = window
+        try:
+            os.ftruncate(fd, manifest.size)
+            if n:
+                await self._supervise()
+            if self.fatal is not None:
+                raise self.fatal
+            await asyncio.to_thread(os.fsync, fd)
+            os.replace(part, target)
+        except OSError as err:
+            raise StorageError(
+                f"writing {part} failed: {err.strerror or err}; "
+                f"{self._held_count()} verified chunks are kept there"
+            ) from err
+        finally:
+            os.close(fd)
+            for task in self.workers.values():
+                task.cancel()
+            for conn, req in list(self.requests.values()):
+                conn.forget(req)
+            for addr in self.workers:
+                with contextlib.suppress(Exception):
+                    conn_ = self.s.pool._conns.get(addr)
+                    if conn_ is not None:
+                        conn_.have_listeners.pop(self.mh, None)
+            if self.s.store.entries.get(self.mh) is self.entry:
+                self.s.store.entries.pop(self.mh, None)
+                self.entry.close()
+        self.s.store.add_complete(manifest, target)
+
+    def _held_count(self) -> int:
+        return self.manifest.chunk_count - self.picker.missing
+
+    async def _supervise(self) -> None:
+        """Keep workers running on known providers until done, or fail when stuck."""
+        lookups = 0
+        last_progress = time.monotonic()
+        last_done = -1
+        await self._spawn(await self._lookup())
+        next_lookup = time.monotonic() + LOOKUP_INTERVAL
+        while not self.picker.complete and self.fatal is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self.finished.wait()
+            if self.picker.complete or self.fatal is not None:
+                break
+            now = time.monotonic()
+            if self.done_bytes != last_done:
+                last_done, last_progress = self.done_bytes, now
+            alive = [a for a, t in self.workers.items() if not t.done()]
+            stuck = not alive or (
+                self.picker.unavailable() > 0 and now - last_progress > LOOKUP_INTERVAL
+            )
+            if (stuck or len(alive) < self.s.config.max_fetch_peers) and now >= next_lookup:
+                if stuck:
+                    lookups += 1
+                next_lookup = now + LOOKUP_INTERVAL * (1 + lookups)
+                await self._spawn(await self._lookup())
+                continue
+            if stuck and lookups >= MAX_LOOKUPS or (not alive and now - last_progress > STALL_TIMEOUT):
+                missing = self.picker.missing
+                raise NoProviders(
+                    f"{missing} of {self.manifest.chunk_count} chunks could not be fetched: "
+                    f"no reachable peer has them; {self._held_count()} verified chunks are "
+                    f"kept in {self.entry.path}"
+                )
+
+    async def _spawn(self, records: list[ProviderRecord]) -> None:
+        loop = asyncio.get_running_loop()
+        for rec in records:
+            alive = sum(1 for t in self.workers.values() if not t.done())
+            if alive >= self.s.config.max_fetch_peers:
+                break
+            addr = rec.address
+            task = self.workers.get(addr)
+            if addr in self.banned or (task is not None and not task.done()):
+                continue
+            self.tried.add(addr)
+            self.wakeups[addr] = asyncio.Event()
+            self.workers[addr] = loop.create_task(self._worker(addr, rec.node_id))
+
+    def _wake_all(self) -> None:
+        for ev in self.wakeups.values():
+            ev.set()
+
+    def _ban(self, addr: Address, node_id: bytes | None, conn: Connection | None) -> None:
+        self.banned.add(addr)
+        if node_id is not None:
+            self.banned_ids.add(node_id)
+        if hasattr(self, "picker"):
+            self.picker.ban(addr)
+            self._wake_all()
+        if conn is not None:
+            conn.abort("sent data that failed verification")
+
+    # -- one peer -----------------------------------------------------------------------
+    async def _worker(self, addr: Address, node_id: bytes) -> None:
+        label = f"{addr[0]}:{addr[1]}"
+        try:
+            conn = await self.s.pool.get(addr)
+            hello = conn.peer_hello
+            if hello is None or hello.node_id == self.s.node_id:
+                return
+            if hello.node_id in self.banned_ids:
+                return
+            conn.have_listeners[self.mh] = lambda idx: self._on_have(addr, idx)
+            have = await conn.get_have(self.mh, self.s.config.request_timeout)
+            n = self.manifest.chunk_count
+            held = None if have.complete else m.indices_from_bitfield(n, have.bitfield)
+            self.picker.add_peer(addr, held)
+            self._wake_all()
+            await self._pump(addr, conn, hello.node_id, label)
+        except NotFoundReply:
+            log.debug("%s no longer has %s", label, short(self.mh))
+        except (PeerError, RemoteProtocolError) as err:
+            log.info("peer %s dropped from fetch: %s", label, err)
+        except asyncio.CancelledError:
+            raise
+        finally:
+            if hasattr(self, "picker") and not self.picker.is_banned(addr):
+                self.picker.remove_peer(addr)
+                self._wake_all()
+            for key in [k for k in self.requests if k[0] == addr]:
+                conn_req = self.requests.pop(key)
+                conn_req[0].forget(conn_req[1])
+
+    def _on_have(self, addr: Address, indices: tuple[int, ...]) -> None:
+        n = self.manifest.chunk_count
+        for i in indices:
+            if i < n:
+                self.picker.peer_has(addr, i)
+        ev = self.wakeups.get(addr)
+        if ev is not None:
+            ev.set()
+
+    async def _pump(self, addr: Address, conn: Connection, node_id: bytes, label: str) -> None:
+        manifest = self.manifest
+        picker = self.picker
+        results: asyncio.Queue[tuple[int, int, asyncio.Future[Any]]] = asyncio.Queue()
+        inflight: dict[int, int] = {}
+        wake = self.wakeups[addr]
+        timeout = self.s.config.request_timeout
+        while not picker.complete and self.fatal is None:
+            while len(inflight) < self.window:
+                idx = picker.next_request(addr)
+                if idx is None:
+                    break
+                req = conn.next_id()
+                fut = conn.start_request(m.GetChunk(req, self.mh, idx, manifest.chunk_hash(idx)), req)
+                inflight[req] = idx
+                self.requests[(addr, idx)] = (conn, req)
+                fut.add_done_callback(
+                    lambda f, r=req, i=idx: results.put_nowait((r, i, f))
+                )
+            if not inflight:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await wake.wait()
+                continue
+            try:
+                async with asyncio.timeout(timeout):
+                    req, idx, fut = await results.get()
+            except TimeoutError as err:
+                raise PeerError(f"no chunk in {timeout:.0f} s") from err
+            inflight.pop(req, None)
+            if self.requests.get((addr, idx), (None, None))[1] == req:
+                del self.requests[(addr, idx)]
+            if fut.cancelled():
+                continue
+            exc = fut.exception()
+            if isinstance(exc, PeerError | RemoteProtocolError):
+                raise exc
+            if exc is not None:
+                raise PeerError(str(exc))
+            reply, body = fut.result()
+            if isinstance(reply, m.NotFound):
+                picker.failed(addr, idx, peer_lacks=True)
+                self._wake_all()
+                continue
+            if not isinstance(reply, m.Data):
+                picker.failed(addr, idx)
+                self._wake_all()
+                continue
+            if picker.has(idx):
+                continue  # endgame duplicate that lost the race
+            ok = await self._store_chunk(idx, body)
+            if not ok:
+                log.warning("peer %s sent a corrupt chunk %d; banning it for this fetch", label, idx)
+                self._ban(addr, node_id, conn)
+                return
+            self.peers_bytes[label] = self.peers_bytes.get(label, 0) + len(body)
+            self.downloaded += len(body)
+
+    async def _store_chunk(self, idx: int, body: bytes | bytearray) -> bool:
+        manifest = self.manifest
+        expected = manifest.chunk_hash(idx)
+        if len(body) != manifest.chunk_length(idx):
+            return False
+        offset = manifest.chunk_offset(idx)
+        try:
+            if len(body) <= INLINE_CHUNK:
+                ok = _verify_and_write(self.fd, body, expected, offset)
+            else:
+                ok = await asyncio.to_thread(_verify_and_write, self.fd, body, expected, offset)
+        except OSError as err:
+            self.fatal = StorageError(
+                f"cannot write {self.entry.path}: {err.strerror or err}; "
+                f"{self._held_count()} verified chunks are kept there"
+            )
+            self.finished.set()
+            self._wake_all()
+            return True
+        if not ok:
+            return False
+        if self.picker.has(idx):
+            return True
+        others = self.picker.received(idx)
+        for peer in others:
+            conn_req = self.requests.pop((peer, idx), None)
+            if conn_req is not None:
+                conn_req[0].forget(conn_req[1])
+        assert self.entry.held is not None
+        self.entry.held[idx] = 1
+        self.done_bytes += len(body)
+        first = not self._verified_any
+        self._verified_any = True
+        self.s.chunk_verified(manifest, idx, first)
+        self.progress(self.done_bytes, manifest.size)
+        if self.picker.complete:
+            self.finished.set()
+            self._wake_all()
+        return True
+
+
+__all__ = ["Fetch", "FetchResult", "check_target", "resolve_output"]
+

@@ -1,0 +1,338 @@
+"""Every message of the peer protocol and of the control socket, as data.
+
+This module owns the wire format: each message is a frozen dataclass that
+turns into a msgpack array ``[type, field, ...]`` and back.  ``decode``
+validates types and sizes of every field, so the rest of the code only ever
+sees well-formed messages; anything else raises :class:`RemoteProtocolError`.
+
+Payload bytes (chunks, manifests) never go through msgpack: they are the
+frame's raw body, carried next to the header (see :mod:`dhtshare.framing`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, ClassVar, TypeAlias
+
+import msgpack
+
+from dhtshare.config import MAX_CHUNKS, MAX_HEADER_SIZE
+from dhtshare.errors import RemoteProtocolError
+from dhtshare.ids import HASH_LEN, NODE_ID_LEN
+
+MAX_REQ_ID = 2**32 - 1
+MAX_TEXT = 4096
+#: HAVE updates are batched; one message names at most this many chunks.
+MAX_HAVE_BATCH = 4096
+
+
+class MsgType(IntEnum):
+    HELLO = 1
+    GET_MANIFEST = 2
+    GET_CHUNK = 3
+    DATA = 4
+    NOT_FOUND = 5
+    ERROR = 6
+    GET_HAVE = 7
+    HAVE = 8
+    HAVE_UPDATE = 9
+    CANCEL = 10
+    CONTROL = 32
+    CONTROL_EVENT = 33
+
+
+class ErrorCode(IntEnum):
+    INTERNAL = 1
+    BUSY = 2
+    BAD_REQUEST = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message each way: who I am and where my chunk service listens."""
+
+    TYPE: ClassVar[MsgType] = MsgType.HELLO
+    version: int
+    node_id: bytes
+    listen_port: int
+    agent: str = "dhtshare"
+
+
+@dataclass(frozen=True, slots=True)
+class GetManifest:
+    TYPE: ClassVar[MsgType] = MsgType.GET_MANIFEST
+    req: int
+    manifest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GetChunk:
+    """Ask for chunk ``chunk`` (its hash); ``manifest``/``index`` tell where it lives."""
+
+    TYPE: ClassVar[MsgType] = MsgType.GET_CHUNK
+    req: int
+    manifest: bytes
+    index: int
+    chunk: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """The answer to GetManifest/GetChunk; the payload is the frame body."""
+
+    TYPE: ClassVar[MsgType] = MsgType.DATA
+    req: int
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    TYPE: ClassVar[MsgType] = MsgType.NOT_FOUND
+    req: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    TYPE: ClassVar[MsgType] = MsgType.ERROR
+    req: int
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetHave:
+    """Ask which chunks of ``manifest`` the peer holds, and subscribe to updates."""
+
+    TYPE: ClassVar[MsgType] = MsgType.GET_HAVE
+    req: int
+    manifest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Have:
+    """Answer to GetHave: ``complete`` or a bitfield (bit i set: chunk i held)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.HAVE
+    req: int
+    complete: bool
+    bitfield: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class HaveUpdate:
+    """Pushed to subscribers: these chunks of ``manifest`` were just verified."""
+
+    TYPE: ClassVar[MsgType] = MsgType.HAVE_UPDATE
+    manifest: bytes
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    TYPE: ClassVar[MsgType] = MsgType.CANCEL
+    req: int
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A request on the local control socket (``op`` with keyword arguments)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CONTROL
+    req: int
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlEvent:
+    """Progress, result or error for a control request (``kind`` says which)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CONTROL_EVENT
+    req: int
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Message: TypeAlias = (
+    Hello
+    | GetManifest
+    | GetChunk
+    | Data
+    | NotFound
+    | Error
+    | GetHave
+    | Have
+    | HaveUpdate
+    | Cancel
+    | Control
+    | ControlEvent
+)
+
+
+def encode(msg: Message) -> bytes:
+    """The msgpack header bytes for ``msg``."""
+    fields: list[Any]
+    match msg:
+        case Hello():
+            fields = [msg.version, msg.node_id, msg.listen_port, msg.agent]
+        case GetManifest():
+            fields = [msg.req, msg.manifest]
+        case GetChunk():
+            fields = [msg.req, msg.manifest, msg.index, msg.chunk]
+        case Data() | NotFound() | Cancel():
+            fields = [msg.req]
+        case Error():
+            fields = [msg.req, msg.code, msg.message[:MAX_TEXT]]
+        case GetHave():
+            fields = [msg.req, msg.manifest]
+        case Have():
+            fields = [msg.req, msg.complete, msg.bitfield]
+        case HaveUpdate():
+            fields = [msg.manifest, list(msg.indices)]
+        case Control():
+            fields = [msg.req, msg.op, msg.args]
+        case ControlEvent():
+            fields = [msg.req, msg.kind, msg.data]
+    out: bytes = msgpack.packb([int(msg.TYPE), *fields], use_bin_type=True)
+    return out
+
+
+# --- decoding and validation ----------------------------------------------------------
+
+
+def _int(v: Any, lo: int, hi: int, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise RemoteProtocolError(f"bad {what}: {v!r}")
+    return v
+
+
+def _req(v: Any) -> int:
+    return _int(v, 0, MAX_REQ_ID, "request id")
+
+
+def _bytes(v: Any, length: int | None, what: str, max_len: int = MAX_HEADER_SIZE) -> bytes:
+    if not isinstance(v, bytes) or (length is not None and len(v) != length) or len(v) > max_len:
+        raise RemoteProtocolError(f"bad {what}")
+    return v
+
+
+def _hash(v: Any) -> bytes:
+    return _bytes(v, HASH_LEN, "hash")
+
+
+def _text(v: Any, what: str) -> str:
+    if not isinstance(v, str) or len(v) > MAX_TEXT:
+        raise RemoteProtocolError(f"bad {what}")
+    return v
+
+
+def _map(v: Any, what: str) -> dict[str, Any]:
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise RemoteProtocolError(f"bad {what}")
+    return v
+
+
+def _arity(fields: list[Any], n: int, name: str) -> None:
+    if len(fields) != n:
+        raise RemoteProtocolError(f"{name} has {len(fields)} fields, expected {n}")
+
+
+def decode(header: bytes | bytearray) -> Message:
+    """Parse and validate an untrusted header; :class:`RemoteProtocolError` on anything odd."""
+    try:
+        obj = msgpack.unpackb(
+            header,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as err:
+        raise RemoteProtocolError(f"undecodable message: {err}") from err
+    if not isinstance(obj, list) or not obj:
+        raise RemoteProtocolError("message is not a non-empty array")
+    try:
+        mtype = MsgType(_int(obj[0], 0, 255, "message type"))
+    except ValueError as err:
+        raise RemoteProtocolError(f"unknown message type {obj[0]!r}") from err
+    f = obj[1:]
+    _arity(f, _ARITY[mtype], mtype.name)
+    match mtype:
+        case MsgType.HELLO:
+            return Hello(
+                _int(f[0], 0, 2**16, "version"),
+                _bytes(f[1], NODE_ID_LEN, "node id"),
+                _int(f[2], 0, 65535, "port"),
+                _text(f[3], "agent"),
+            )
+        case MsgType.GET_MANIFEST:
+            return GetManifest(_req(f[0]), _hash(f[1]))
+        case MsgType.GET_CHUNK:
+            return GetChunk(_req(f[0]), _hash(f[1]), _int(f[2], 0, MAX_CHUNKS, "index"), _hash(f[3]))
+        case MsgType.DATA:
+            return Data(_req(f[0]))
+        case MsgType.NOT_FOUND:
+            return NotFound(_req(f[0]))
+        case MsgType.ERROR:
+            return Error(_req(f[0]), _int(f[1], 0, 2**16, "error code"), _text(f[2], "error text"))
+        case MsgType.GET_HAVE:
+            return GetHave(_req(f[0]), _hash(f[1]))
+        case MsgType.HAVE:
+            if not isinstance(f[1], bool):
+                raise RemoteProtocolError("bad HAVE completeness flag")
+            return Have(_req(f[0]), f[1], _bytes(f[2], None, "bitfield", MAX_CHUNKS // 8 + 1))
+        case MsgType.HAVE_UPDATE:
+            idx = f[1]
+            if not isinstance(idx, list) or len(idx) > MAX_HAVE_BATCH:
+                raise RemoteProtocolError("bad HAVE_UPDATE index list")
+            return HaveUpdate(_hash(f[0]), tuple(_int(i, 0, MAX_CHUNKS, "index") for i in idx))
+        case MsgType.CANCEL:
+            return Cancel(_req(f[0]))
+        case MsgType.CONTROL:
+            return Control(_req(f[0]), _text(f[1], "control op"), _map(f[2], "control args"))
+        case MsgType.CONTROL_EVENT:
+            return ControlEvent(_req(f[0]), _text(f[1], "event kind"), _map(f[2], "event data"))
+    raise RemoteProtocolError(f"unhandled message type {mtype!r}")  # pragma: no cover
+
+
+_ARITY = {
+    MsgType.HELLO: 4,
+    MsgType.GET_MANIFEST: 2,
+    MsgType.GET_CHUNK: 4,
+    MsgType.DATA: 1,
+    MsgType.NOT_FOUND: 1,
+    MsgType.ERROR: 3,
+    MsgType.GET_HAVE: 2,
+    MsgType.HAVE: 3,
+    MsgType.HAVE_UPDATE: 2,
+    MsgType.CANCEL: 1,
+    MsgType.CONTROL: 3,
+    MsgType.CONTROL_EVENT: 3,
+}
+
+
+# --- bitfields -----------------------------------------------------------------------
+
+
+def bitfield_from_indices(n: int, indices: object) -> bytes:
+    """Pack the set of held chunk indices into ``ceil(n/8)`` bytes, MSB first."""
+    out = bytearray((n + 7) // 8)
+    for i in indices:  # type: ignore[attr-defined]
+        out[i >> 3] |= 0x80 >> (i & 7)
+    return bytes(out)
+
+
+def indices_from_bitfield(n: int, bitfield: bytes) -> list[int]:
+    """The chunk indices set in ``bitfield`` (a peer's claim; length must fit ``n``)."""
+    if len(bitfield) != (n + 7) // 8:
+        raise RemoteProtocolError(f"bitfield of {len(bitfield)} bytes does not fit {n} chunks")
+    out = [
+        (byte_i << 3) + bit
+        for byte_i, byte in enumerate(bitfield)
+        if byte
+        for bit in range(8)
+        if byte & (0x80 >> bit)
+    ]
+    if out and out[-1] >= n:
+        raise RemoteProtocolError("bitfield has bits set past the last chunk")
+    return out

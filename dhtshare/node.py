@@ -1,0 +1,386 @@
+"""The node: composition root that owns the DHT, the chunk service and the data dir.
+
+One process, one ``HOST:PORT`` for both the DHT (UDP) and the chunk service
+(TCP).  ``async with Node(config)`` starts everything and guarantees that
+every task, socket and file it opened is closed again, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgpack
+
+from dhtshare.config import Config
+from dhtshare.control import ControlServer, Emit, socket_path
+from dhtshare.dht import Dht, require_contacts
+from dhtshare.errors import ConfigError, DhtshareError, StorageError
+from dhtshare.fetcher import Fetch, FetchResult
+from dhtshare.ids import NODE_ID_LEN, ManifestHash, new_node_id, parse_manifest_hash, short
+from dhtshare.manifest import Manifest, check_chunk_size, hash_file
+from dhtshare.messages import Hello, bitfield_from_indices
+from dhtshare.peers import PeerPool
+from dhtshare.providers import MAX_DHT_BITFIELD, Announcement, ProviderRecord
+from dhtshare.server import ChunkServer
+from dhtshare.store import ContentStore
+from dhtshare.transport import Connection, make_hello
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.msgpack"
+ID_FILE = "node_id"
+LOCK_FILE = "lock"
+MAX_SAVED_CONTACTS = 64
+ANNOUNCE_CONCURRENCY = 8
+WITHDRAW_TIMEOUT = 3.0
+
+
+class DataDirBusy(DhtshareError):
+    """Another node process owns this data dir."""
+
+
+class Node:
+    """A dhtshare node."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.node_id = b""
+        self.store = ContentStore(self.data_dir)
+        self.server = ChunkServer(self.store)
+        self.port = 0
+        self.dht: Dht | None = None
+        self._tcp: asyncio.Server | None = None
+        self._control: ControlServer | None = None
+        self._lock_fd: int | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._hello: Hello | None = None
+        self.pool: PeerPool
+        self._announced: set[bytes] = set()
+        self._inbound: set[Connection] = set()
+        self.stopped = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def __aenter__(self) -> Node:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop(withdraw=False)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create data dir {self.data_dir}: {err.strerror}") from err
+        self._lock()
+        self.node_id = self._load_id()
+        self.store.load()
+        await self._bind()
+        assert self._hello is not None
+        self.pool = PeerPool(self._hello, self.server, self.config.connect_timeout)
+        await self._join()
+        self._control = ControlServer(
+            socket_path(self.data_dir),
+            {"publish": self._op_publish, "fetch": self._op_fetch, "status": self._op_status},
+        )
+        await self._control.start()
+        self._write_info()
+        self.spawn(self._announce_all())
+        self.spawn(self._maintenance())
+
+    async def stop(self, withdraw: bool = True) -> None:
+        """Withdraw our records (bounded in time), then close everything."""
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        if self._control is not None:
+            await self._control.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        if withdraw and self.dht is not None and self._announced:
+            with contextlib.suppress(TimeoutError, Exception):
+                async with asyncio.timeout(WITHDRAW_TIMEOUT):
+                    await asyncio.gather(*(self.dht.withdraw(h) for h in list(self._announced)))
+        if self.dht is not None:
+            self._save_state()
+        if self._tcp is not None:
+            self._tcp.close()
+        for conn in list(self._inbound):
+            conn.close()
+        if hasattr(self, "pool"):
+            self.pool.close_all()
+        self.server.close()
+        if self.dht is not None:
+            self.dht.stop()
+        self.store.close()
+        with contextlib.suppress(OSError):
+            (self.data_dir / "node.json").unlink()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        await asyncio.sleep(0)
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    # -- data dir ------------------------------------------------------------------------
+    def _lock(self) -> None:
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            raise DataDirBusy(
+                f"another dhtshare node is using data dir {self.data_dir}"
+            ) from err
+        self._lock_fd = fd
+
+    def _load_id(self) -> bytes:
+        path = self.data_dir / ID_FILE
+        with contextlib.suppress(OSError, ValueError):
+            raw = bytes.fromhex(path.read_text().strip())
+            if len(raw) == NODE_ID_LEN:
+                return raw
+        node_id = new_node_id()
+        path.write_text(node_id.hex() + "\n")
+        return node_id
+
+    def _saved_contacts(self) -> list[tuple[str, int]]:
+        try:
+            state = msgpack.unpackb((self.data_dir / STATE_FILE).read_bytes(), raw=False)
+            contacts = state["contacts"]
+            return [
+                (str(c[1]), int(c[2]))
+                for c in contacts[:MAX_SAVED_CONTACTS]
+                if isinstance(c, list) and len(c) == 3
+            ]
+        except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException):
+            return []
+
+    def _save_state(self) -> None:
+        assert self.dht is not None
+        contacts = [[i, h, p] for i, h, p in self.dht.contacts()][:MAX_SAVED_CONTACTS]
+        if not contacts:
+            return
+        tmp = self.data_dir / (STATE_FILE + ".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_bytes(msgpack.packb({"contacts": contacts}, use_bin_type=True))
+            os.replace(tmp, self.data_dir / STATE_FILE)
+
+    def _write_info(self) -> None:
+        info = {"pid": os.getpid(), "host": self.config.host, "port": self.port,
+                "node_id": self.node_id.hex()}
+        with contextlib.suppress(OSError):
+            (self.data_dir / "node.json").write_text(__import__("json").dumps(info) + "\n")
+
+    # -- network -------------------------------------------------------------------------
+    async def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, want = self.config.host, self.config.port
+        for _attempt in range(32):
+            try:
+                self._tcp = await loop.create_server(
+                    self._inbound_connection, host, want, reuse_address=True
+                )
+            except OSError as err:
+                raise self._bind_error(err, host, want, "TCP") from err
+            port = int(self._tcp.sockets[0].getsockname()[1])
+            self._hello = make_hello(self.node_id, port)
+            dht = Dht(self.node_id, timeout=self.config.dht_timeout,
+                      dead_ttl=self.config.dead_peer_ttl)
+            try:
+                await dht.listen(host, port)
+            except OSError as err:
+                self._tcp.close()
+                self._tcp = None
+                if want:
+                    raise self._bind_error(err, host, want, "UDP") from err
+                continue
+            self.dht, self.port = dht, port
+            log.info("node %s listening on %s:%d", short(self.node_id), host, port)
+            return
+        raise ConfigError(f"could not find a free port on {host}")
+
+    @staticmethod
+    def _bind_error(err: OSError, host: str, port: int, proto: str) -> ConfigError:
+        if err.errno == errno.EADDRINUSE:
+            return ConfigError(f"port {port} ({proto}) is already in use on {host}: "
+                               "choose another with --port")
+        if err.errno == errno.EADDRNOTAVAIL:
+            return ConfigError(f"cannot listen on {host}: no such local address")
+        return ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}")
+
+    def _inbound_connection(self) -> Connection:
+        assert self._hello is not None
+        conn = Connection(self._hello, self.server, self._inbound.discard)
+        self._inbound.add(conn)
+        return conn
+
+    async def _join(self) -> None:
+        assert self.dht is not None
+        peers = list(self.config.peers)
+        answered = await self.dht.bootstrap(peers) if peers else 0
+        if not answered:
+            saved = self._saved_contacts()
+            if saved:
+                answered = await self.dht.bootstrap(saved)
+                if answered:
+                    log.info("rejoined through %d saved contacts", answered)
+        if peers:
+            require_contacts(answered, peers)
+
+    # -- providing -----------------------------------------------------------------------
+    def _announcement(self, h: bytes) -> Announcement | None:
+        entry = self.store.get(h)
+        if entry is None:
+            return None
+        if entry.complete:
+            return Announcement(self.port, self.config.provider_ttl, True, b"",
+                                self.config.advertise)
+        n = entry.manifest.chunk_count
+        bitfield = b""
+        if (n + 7) // 8 <= MAX_DHT_BITFIELD:
+            bitfield = bitfield_from_indices(n, entry.held_indices())
+        return Announcement(self.port, self.config.provider_ttl, False, bitfield,
+                            self.config.advertise)
+
+    async def announce(self, h: bytes) -> int:
+        ann = self._announcement(h)
+        if ann is None or self.dht is None:
+            return 0
+        self._announced.add(h)
+        return await self.dht.announce(h, ann, self.config.advertise or self.config.host)
+
+    async def _announce_all(self) -> None:
+        sem = asyncio.Semaphore(ANNOUNCE_CONCURRENCY)
+
+        async def one(h: bytes) -> None:
+            async with sem:
+                await self.announce(h)
+
+        await asyncio.gather(*(one(h) for h in list(self.store.entries)))
+
+    async def _maintenance(self) -> None:
+        interval = self.config.reannounce_interval
+        while True:
+            await asyncio.sleep(interval)
+            self._save_state()
+            self.store.save()
+            await self._announce_all()
+
+    async def find_providers(self, h: bytes) -> list[ProviderRecord]:
+        assert self.dht is not None
+        return await self.dht.find_providers(h)
+
+    def chunk_verified(self, manifest: Manifest, index: int, first: bool) -> None:
+        self.server.announce_chunk(manifest.hash, index)
+        if first:
+            self.spawn(self.announce(manifest.hash))
+
+    # -- operations ------------------------------------------------------------------------
+    async def publish(self, path: Path, chunk_size: int, emit: Emit | None = None) -> dict[str, Any]:
+        check_chunk_size(chunk_size)
+        path = path.resolve()
+        if not path.is_file():
+            raise StorageError(f"{path} is not a readable file")
+        t0 = time.perf_counter()
+        before = os.stat(path)
+
+        def progress(done: int) -> None:
+            if emit is not None:
+                loop.call_soon_threadsafe(emit, "progress", {"done": done, "total": before.st_size})
+
+        loop = asyncio.get_running_loop()
+        manifest = await asyncio.to_thread(hash_file, path, chunk_size, progress)
+        after = os.stat(path)
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+            raise StorageError(f"{path} changed while it was being published; try again")
+        hashed = time.perf_counter() - t0
+        self.store.add_complete(manifest, path)
+        stores = await self.announce(manifest.hash)
+        return {
+            "hash": manifest.hash.hex(),
+            "name": manifest.name,
+            "path": str(path),
+            "size": manifest.size,
+            "chunk_size": manifest.chunk_size,
+            "chunks": manifest.chunk_count,
+            "dht_stores": stores,
+            "hash_seconds": round(hashed, 4),
+            "elapsed": round(time.perf_counter() - t0, 4),
+        }
+
+    async def fetch(
+        self,
+        h: ManifestHash,
+        output: Path | None,
+        cwd: Path,
+        force: bool = False,
+        emit: Emit | None = None,
+    ) -> FetchResult:
+        def progress(done: int, total: int) -> None:
+            if emit is not None:
+                emit("progress", {"done": done, "total": total})
+
+        result = await Fetch(self, h, output, cwd, force, progress).run()
+        self.spawn(self.announce(h))
+        return result
+
+    async def _op_publish(self, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        path, chunk_size = args.get("path"), args.get("chunk_size")
+        if not isinstance(path, str) or not isinstance(chunk_size, int):
+            raise ConfigError("publish needs a path and a chunk size")
+        return await self.publish(Path(path), chunk_size, emit)
+
+    async def _op_fetch(self, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        h = parse_manifest_hash(str(args.get("hash", "")))
+        output = args.get("output")
+        cwd = args.get("cwd")
+        if not isinstance(cwd, str) or (output is not None and not isinstance(output, str)):
+            raise ConfigError("fetch needs a working directory")
+        result = await self.fetch(
+            h, Path(output) if output else None, Path(cwd), bool(args.get("force")), emit
+        )
+        return result.to_json()
+
+    async def _op_status(self, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        assert self.dht is not None
+        return {
+            "node_id": self.node_id.hex(),
+            "host": self.config.host,
+            "port": self.port,
+            "contacts": len(self.dht.contacts()),
+            "content": [
+                {"hash": h.hex(), "name": e.manifest.name, "size": e.manifest.size,
+                 "complete": e.complete, "path": str(e.path)}
+                for h, e in self.store.entries.items()
+            ],
+            "bytes_served": self.server.bytes_served,
+        }

@@ -1,0 +1,55 @@
+"""One long-lived connection per peer, shared by every fetch of this node."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from dhtshare import messages as m
+from dhtshare.transport import Connection, Handler, connect
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+
+class PeerPool:
+    """Outbound connections keyed by the peer's advertised address."""
+
+    def __init__(self, hello: m.Hello, handler: Handler | None, timeout: float) -> None:
+        self._hello = hello
+        self._handler = handler
+        self._timeout = timeout
+        self._conns: dict[Address, Connection] = {}
+        self._connecting: dict[Address, asyncio.Task[Connection]] = {}
+
+    async def get(self, addr: Address) -> Connection:
+        """The open connection to ``addr``, connecting (once) if needed."""
+        conn = self._conns.get(addr)
+        if conn is not None and conn.is_open:
+            return conn
+        task = self._connecting.get(addr)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._connect(addr))
+            self._connecting[addr] = task
+            task.add_done_callback(lambda _t: self._connecting.pop(addr, None))
+        return await asyncio.shield(task)
+
+    async def _connect(self, addr: Address) -> Connection:
+        conn = await connect(
+            addr[0], addr[1], self._hello, self._handler, self._timeout, self._forget
+        )
+        self._conns[addr] = conn
+        return conn
+
+    def _forget(self, conn: Connection) -> None:
+        for addr, c in list(self._conns.items()):
+            if c is conn:
+                del self._conns[addr]
+
+    def close_all(self) -> None:
+        for task in self._connecting.values():
+            task.cancel()
+        for conn in list(self._conns.values()):
+            conn.close()
+        self._conns.clear()

@@ -1,0 +1,310 @@
+"""One TCP connection speaking the peer protocol: the asyncio shell over the codec.
+
+:class:`Connection` is an :class:`asyncio.BufferedProtocol`: the socket reads
+straight into buffers handed out by the :class:`~dhtshare.framing.FrameDecoder`,
+so a chunk's bytes land once, in the buffer that is then hashed and written.
+It multiplexes many requests on one long-lived connection (each answer names
+its request id), enforces the handshake, and turns every misbehaviour into a
+closed connection with a logged reason.  Nothing above it sees a socket.
+
+Later, an authenticated and encrypted link fits here: a wrapper that performs
+its handshake in ``connection_made`` and de/encrypts around the decoder, with
+the node id in :class:`~dhtshare.messages.Hello` bound to its key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+from collections.abc import Callable
+from typing import Protocol
+
+from dhtshare import messages as m
+from dhtshare.config import PROTOCOL_VERSION
+from dhtshare.errors import (
+    DhtshareError,
+    PeerError,
+    PeerTimeout,
+    PeerUnreachable,
+    RemoteProtocolError,
+)
+from dhtshare.framing import FrameDecoder, encode_prefix
+
+log = logging.getLogger(__name__)
+
+#: Requests a peer may have outstanding with us at once.
+MAX_INCOMING_REQUESTS = 512
+SOCKET_BUFFER = 4 * 1024 * 1024
+WRITE_HIGH_WATER = 8 * 1024 * 1024
+
+Body = bytes | bytearray | memoryview
+Reply = tuple[m.Message, bytes | bytearray]
+
+
+class NotFoundReply(DhtshareError):
+    """The peer answered that it does not have what was asked."""
+
+
+class Handler(Protocol):
+    """Serves requests a peer sends us (see :mod:`dhtshare.server`)."""
+
+    def handle(self, conn: Connection, msg: m.Message) -> None: ...
+
+    def closed(self, conn: Connection) -> None: ...
+
+
+class Connection(asyncio.BufferedProtocol):
+    """A peer-protocol connection, initiated by either side."""
+
+    def __init__(
+        self,
+        hello: m.Hello,
+        handler: Handler | None = None,
+        on_close: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self._hello = hello
+        self.handler = handler
+        self._on_close = on_close
+        self._decoder = FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.peer_hello: m.Hello | None = None
+        self.peername: tuple[str, int] = ("?", 0)
+        self._loop = asyncio.get_running_loop()
+        self._handshake: asyncio.Future[m.Hello] = self._loop.create_future()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._ids = itertools.count(1)
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self.incoming = 0
+        self.close_reason: str | None = None
+        self.have_listeners: dict[bytes, Callable[[tuple[int, ...]], None]] = {}
+        self.bytes_received = 0
+
+    # -- asyncio protocol callbacks ------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                except OSError:  # pragma: no cover - kernel limits
+                    pass
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peername = (str(peer[0]), int(peer[1]))
+        self.send(self._hello)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_received += nbytes
+        try:
+            self._decoder.buffer_updated(nbytes)
+            while (frame := self._decoder.next_frame()) is not None:
+                self._dispatch(m.decode(frame.header), frame.body)
+                if self.transport is None or self.transport.is_closing():
+                    return
+        except RemoteProtocolError as err:
+            self.abort(f"protocol violation: {err}")
+
+    def eof_received(self) -> bool:
+        self.abort("peer closed the connection")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = self.close_reason or (f"connection lost: {exc}" if exc else "connection closed")
+        self.close_reason = reason
+        error = PeerError(f"peer {self.label}: {reason}")
+        if not self._handshake.done():
+            self._handshake.set_exception(error)
+            self._handshake.exception()  # mark retrieved
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self._pending.clear()
+        self._can_write.set()
+        if not self._closed.done():
+            self._closed.set_result(None)
+        if self.handler is not None:
+            self.handler.closed(self)
+        if self._on_close is not None:
+            self._on_close(self)
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    # -- helpers ------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return f"{self.peername[0]}:{self.peername[1]}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def abort(self, reason: str) -> None:
+        """Close at once (hostile or broken peer); pending requests fail."""
+        if self.transport is None:
+            return
+        if self.close_reason is None:
+            self.close_reason = reason
+            log.info("closing connection to %s: %s", self.label, reason)
+        self.transport.abort()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.close_reason = self.close_reason or "closed by us"
+            self.transport.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    async def wait_handshake(self, timeout: float) -> m.Hello:
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(self._handshake)
+        except TimeoutError as err:
+            self.abort("no handshake in time")
+            raise PeerTimeout(f"peer {self.label} did not complete the handshake") from err
+
+    def send(self, msg: m.Message, body: Body = b"") -> None:
+        """Queue a message (never blocks; see :meth:`drain` for back-pressure)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(encode_prefix(m.encode(msg), len(body)))
+        if body:
+            self.transport.write(body)
+
+    async def drain(self) -> None:
+        """Wait until the kernel has taken most of what we queued."""
+        await self._can_write.wait()
+
+    # -- requests -------------------------------------------------------------------
+    def next_id(self) -> int:
+        return next(self._ids) & m.MAX_REQ_ID
+
+    def start_request(self, msg: m.Message, req: int) -> asyncio.Future[Reply]:
+        """Send ``msg`` (whose request id is ``req``) and return the answer's future."""
+        if not self.is_open:
+            raise PeerError(f"peer {self.label}: connection is closed")
+        fut: asyncio.Future[Reply] = self._loop.create_future()
+        self._pending[req] = fut
+        self.send(msg)
+        return fut
+
+    def forget(self, req: int) -> None:
+        """Stop waiting for ``req`` and tell the peer not to bother."""
+        fut = self._pending.pop(req, None)
+        if fut is not None:
+            fut.cancel()
+            self.send(m.Cancel(req))
+
+    async def request(self, msg: m.Message, req: int, timeout: float) -> Reply:
+        fut = self.start_request(msg, req)
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError as err:
+            self.forget(req)
+            raise PeerTimeout(f"peer {self.label} did not answer in {timeout:.0f} s") from err
+
+    async def get_manifest(self, manifest: bytes, timeout: float) -> bytes | bytearray:
+        req = self.next_id()
+        reply, body = await self.request(m.GetManifest(req, manifest), req, timeout)
+        return self._payload(reply, body)
+
+    async def get_have(self, manifest: bytes, timeout: float) -> m.Have:
+        req = self.next_id()
+        reply, _ = await self.request(m.GetHave(req, manifest), req, timeout)
+        if isinstance(reply, m.Have):
+            return reply
+        self._payload(reply, b"")
+        raise RemoteProtocolError("unexpected answer to GET_HAVE")
+
+    def _payload(self, reply: m.Message, body: bytes | bytearray) -> bytes | bytearray:
+        if isinstance(reply, m.Data):
+            return body
+        if isinstance(reply, m.NotFound):
+            raise NotFoundReply(f"peer {self.label} does not have it")
+        if isinstance(reply, m.Error):
+            raise PeerError(f"peer {self.label} answered with an error: {reply.message}")
+        raise RemoteProtocolError(f"unexpected answer {type(reply).__name__}")
+
+    # -- dispatch ---------------------------------------------------------------------
+    def _dispatch(self, msg: m.Message, body: bytes | bytearray) -> None:
+        if self.peer_hello is None:
+            if not isinstance(msg, m.Hello):
+                raise RemoteProtocolError(f"expected HELLO, got {type(msg).__name__}")
+            if msg.version != PROTOCOL_VERSION:
+                raise RemoteProtocolError(f"unsupported protocol version {msg.version}")
+            self.peer_hello = msg
+            self._handshake.set_result(msg)
+            return
+        if body and not isinstance(msg, m.Data):
+            raise RemoteProtocolError(f"{type(msg).__name__} must not carry a body")
+        match msg:
+            case m.Data() | m.NotFound() | m.Error() | m.Have():
+                fut = self._pending.pop(msg.req, None)
+                if fut is not None and not fut.done():
+                    fut.set_result((msg, body))
+                # else: an answer to a request we cancelled; drop it.
+            case m.HaveUpdate():
+                listener = self.have_listeners.get(msg.manifest)
+                if listener is not None:
+                    listener(msg.indices)
+            case m.GetManifest() | m.GetChunk() | m.GetHave() | m.Cancel():
+                if self.handler is None:
+                    raise RemoteProtocolError("requests are not accepted on this connection")
+                if not isinstance(msg, m.Cancel):
+                    if self.incoming >= MAX_INCOMING_REQUESTS:
+                        raise RemoteProtocolError("too many outstanding requests")
+                    self.incoming += 1
+                self.handler.handle(self, msg)
+            case m.Hello():
+                raise RemoteProtocolError("second HELLO")
+            case _:
+                raise RemoteProtocolError(f"{type(msg).__name__} is not a peer message")
+
+
+async def connect(
+    host: str,
+    port: int,
+    hello: m.Hello,
+    handler: Handler | None,
+    timeout: float,
+    on_close: Callable[[Connection], None] | None = None,
+) -> Connection:
+    """Open a connection and complete the handshake, or raise :class:`PeerError`."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            _, conn = await loop.create_connection(
+                lambda: Connection(hello, handler, on_close), host, port
+            )
+    except TimeoutError as err:
+        raise PeerTimeout(f"connecting to {host}:{port} timed out") from err
+    except OSError as err:
+        raise PeerUnreachable(f"cannot connect to {host}:{port}: {err.strerror or err}") from err
+    await conn.wait_handshake(timeout)
+    return conn
+
+
+def make_hello(node_id: bytes, port: int) -> m.Hello:
+    return m.Hello(PROTOCOL_VERSION, node_id, port, "dhtshare/0.1")
+
+
+__all__ = ["Connection", "Handler", "NotFoundReply", "connect", "make_hello"]
+
+
