@@ -126,11 +126,16 @@ def _config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, int], 
     return Config(data_dir=data_dir, host=host, port=port, advertise=advertise, peers=peers, **kw)
 
 
-async def _wait_for_signal(node: Node) -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT/SIGTERM; installed before anything starts."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _wait_for_signal(node: Node, stop: asyncio.Event) -> None:
     stop_task = asyncio.ensure_future(stop.wait())
     node_task = asyncio.ensure_future(node.stopped.wait())
     await asyncio.wait([stop_task, node_task], return_when=asyncio.FIRST_COMPLETED)
@@ -155,10 +160,14 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self._enabled:
-            from rich.progress import (
-                BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn,
-            )
             from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             self._bar = Progress(
                 "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
@@ -234,9 +243,10 @@ def _serve(data_dir: Path | None, host: str, port: int, peers: tuple[tuple[str, 
     async def main() -> None:
         from dhtshare.node import Node
 
+        stop = _stop_on_signals()
         async with Node(config) as node:
             _ready_line(node)
-            await _wait_for_signal(node)
+            await _wait_for_signal(node, stop)
 
     _run(main())
 
@@ -334,13 +344,14 @@ def publish(
                 "'dhtshare node --peer HOST:PORT', or pass --peer to publish and serve from here"
             )
         config = _config(ddir, host or _short_lived_host(peers), port, peers)
+        stop = _stop_on_signals()
 
         async def body(node: Node) -> None:
             with _Progress("hashing", not json_out) as bar:
                 result = await node.publish(path, size, lambda _k, d: bar.update(d))
             show(result)
             print("serving until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
-            await _wait_for_signal(node)
+            await _wait_for_signal(node, stop)
 
         await _with_node(config, body, allow_temp=False)
 
@@ -438,6 +449,25 @@ def status(
     for item in result["content"]:
         state = "complete" if item["complete"] else "partial"
         print(f"  {item['hash']}  {item['size']:>12}  {state:8}  {item['name']}")
+
+
+@app.command()
+def demo(
+    size: Annotated[str, typer.Option("--size", help="Size of the generated file.")] = "64M",
+    nodes: Annotated[int, typer.Option("--nodes", help="Node processes to start.")] = 5,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the work directory.")] = False,
+) -> None:
+    """Run a real local network (5 processes on 127.0.0.1), publish, fetch, verify."""
+    _setup_logging(0)
+    from dhtshare.demo import run_demo
+    from dhtshare.netaddr import parse_size
+
+    try:
+        run_demo(parse_size(size), nodes, keep, lambda line: print(line, flush=True))
+    except DhtshareError as err:
+        _fail(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ MAX_BODY_SIZE = MAX_CHUNKS * 32 + 4 * KIB
 
 
 def default_data_dir() -> Path:
-    """``$DHTSHARE_DATA_DIR``, else ``$XDG_DATA_HOME/dhtshare``, else ``~/.local/share/dhtshare``."""
+    """``$DHTSHARE_DATA_DIR``, else ``$XDG_DATA_HOME/dhtshare``, else ``~/.local/share/...``."""
     env = os.environ.get("DHTSHARE_DATA_DIR")
     if env:
         return Path(env)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import hashlib
 import logging
 import os
@@ -63,6 +65,8 @@ MAX_WINDOW = 256
 STALL_TIMEOUT = 8.0
 LOOKUP_INTERVAL = 2.0
 MAX_LOOKUPS = 6
+#: How long the first peers wait for each other before requesting chunks.
+START_GRACE = 0.3
 
 
 class FetchServices(Protocol):
@@ -133,6 +137,26 @@ def _verify_and_write(fd: int, data: bytes | bytearray, expected: bytes, offset:
     return True
 
 
+def _post(
+    queue: asyncio.Queue[tuple[int, int, asyncio.Future[Any]]],
+    req: int,
+    idx: int,
+    fut: asyncio.Future[Any],
+) -> None:
+    queue.put_nowait((req, idx, fut))
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve the whole file up front: a full disk fails now, not at 90 %."""
+    os.ftruncate(fd, size)
+    if size and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
 class Fetch:
     """One download of one manifest; ``run`` drives it to a verified file."""
 
@@ -164,6 +188,7 @@ class Fetch:
         self.fatal: DhtshareError | None = None
         self.finished = asyncio.Event()
         self._verified_any = False
+        self._starting: set[Address] = set()
 
     # -- entry point ------------------------------------------------------------------
     async def run(self) -> FetchResult:
@@ -263,7 +288,7 @@ class Fetch:
         window = max(4, min(MAX_WINDOW, self.s.config.window_bytes // manifest.chunk_size))
         self.window = window
         try:
-            os.ftruncate(fd, manifest.size)
+            _preallocate(fd, manifest.size)
             if n:
                 await self._supervise()
             if self.fatal is not None:
@@ -300,6 +325,7 @@ class Fetch:
         last_progress = time.monotonic()
         last_done = -1
         await self._spawn(await self._lookup())
+        self._starting = {a for a, t in self.workers.items() if not t.done()}
         next_lookup = time.monotonic() + LOOKUP_INTERVAL
         while not self.picker.complete and self.fatal is None:
             with contextlib.suppress(TimeoutError):
@@ -320,7 +346,8 @@ class Fetch:
                 next_lookup = now + LOOKUP_INTERVAL * (1 + lookups)
                 await self._spawn(await self._lookup())
                 continue
-            if stuck and lookups >= MAX_LOOKUPS or (not alive and now - last_progress > STALL_TIMEOUT):
+            gave_up = stuck and lookups >= MAX_LOOKUPS
+            if gave_up or (not alive and now - last_progress > STALL_TIMEOUT):
                 missing = self.picker.missing
                 raise NoProviders(
                     f"{missing} of {self.manifest.chunk_count} chunks could not be fetched: "
@@ -371,7 +398,16 @@ class Fetch:
             n = self.manifest.chunk_count
             held = None if have.complete else m.indices_from_bitfield(n, have.bitfield)
             self.picker.add_peer(addr, held)
+            self._starting.discard(addr)
             self._wake_all()
+            if self._starting:
+                # Let the other first peers finish their handshake so the first
+                # requests are spread over all of them.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(START_GRACE):
+                        while self._starting:
+                            await self.wakeups[addr].wait()
+                            self.wakeups[addr].clear()
             await self._pump(addr, conn, hello.node_id, label)
         except NotFoundReply:
             log.debug("%s no longer has %s", label, short(self.mh))
@@ -380,6 +416,7 @@ class Fetch:
         except asyncio.CancelledError:
             raise
         finally:
+            self._starting.discard(addr)
             if hasattr(self, "picker") and not self.picker.is_banned(addr):
                 self.picker.remove_peer(addr)
                 self._wake_all()
@@ -397,24 +434,33 @@ class Fetch:
             ev.set()
 
     async def _pump(self, addr: Address, conn: Connection, node_id: bytes, label: str) -> None:
+        """Keep ``window`` chunk requests in flight to one peer until the file is done.
+
+        A chunk counts against the window from its request until it is verified
+        and written, so memory stays bounded by ``window`` chunks per peer while
+        hashing and writing of several chunks overlap with receiving the next.
+        """
         manifest = self.manifest
         picker = self.picker
-        results: asyncio.Queue[tuple[int, int, asyncio.Future[Any]]] = asyncio.Queue()
+        events: asyncio.Queue[tuple[int, int, asyncio.Future[Any]]] = asyncio.Queue()
         inflight: dict[int, int] = {}
         wake = self.wakeups[addr]
         timeout = self.s.config.request_timeout
+        loop = asyncio.get_running_loop()
         while not picker.complete and self.fatal is None:
-            while len(inflight) < self.window:
+            # Fair share: with several peers, none may grab more than its part
+            # of what is left, so small files are spread too.
+            limit = min(self.window, max(2, -(-picker.missing // max(1, len(picker.peers())))))
+            while len(inflight) < limit:
                 idx = picker.next_request(addr)
                 if idx is None:
                     break
                 req = conn.next_id()
-                fut = conn.start_request(m.GetChunk(req, self.mh, idx, manifest.chunk_hash(idx)), req)
+                msg = m.GetChunk(req, self.mh, idx, manifest.chunk_hash(idx))
+                fut = conn.start_request(msg, req)
                 inflight[req] = idx
                 self.requests[(addr, idx)] = (conn, req)
-                fut.add_done_callback(
-                    lambda f, r=req, i=idx: results.put_nowait((r, i, f))
-                )
+                fut.add_done_callback(functools.partial(_post, events, req, idx))
             if not inflight:
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -423,37 +469,39 @@ class Fetch:
                 continue
             try:
                 async with asyncio.timeout(timeout):
-                    req, idx, fut = await results.get()
+                    req, idx, fut = await events.get()
             except TimeoutError as err:
                 raise PeerError(f"no chunk in {timeout:.0f} s") from err
-            inflight.pop(req, None)
-            if self.requests.get((addr, idx), (None, None))[1] == req:
-                del self.requests[(addr, idx)]
             if fut.cancelled():
+                inflight.pop(req, None)
                 continue
             exc = fut.exception()
-            if isinstance(exc, PeerError | RemoteProtocolError):
-                raise exc
             if exc is not None:
-                raise PeerError(str(exc))
-            reply, body = fut.result()
+                raise exc if isinstance(exc, DhtshareError) else PeerError(str(exc))
+            result = fut.result()
+            if isinstance(result, bool):  # verification finished
+                inflight.pop(req, None)
+                if not result:
+                    log.warning("peer %s sent corrupt chunk %d; banned for this fetch", label, idx)
+                    self._ban(addr, node_id, conn)
+                    return
+                continue
+            if self.requests.get((addr, idx), (None, None))[1] == req:
+                del self.requests[(addr, idx)]
+            reply, body = result
+            if isinstance(reply, m.Data) and not picker.has(idx):
+                self.peers_bytes[label] = self.peers_bytes.get(label, 0) + len(body)
+                self.downloaded += len(body)
+                check = loop.create_task(self._store_chunk(idx, body))
+                check.add_done_callback(functools.partial(_post, events, req, idx))
+                continue
+            inflight.pop(req, None)
             if isinstance(reply, m.NotFound):
                 picker.failed(addr, idx, peer_lacks=True)
                 self._wake_all()
-                continue
-            if not isinstance(reply, m.Data):
+            elif not isinstance(reply, m.Data):
                 picker.failed(addr, idx)
                 self._wake_all()
-                continue
-            if picker.has(idx):
-                continue  # endgame duplicate that lost the race
-            ok = await self._store_chunk(idx, body)
-            if not ok:
-                log.warning("peer %s sent a corrupt chunk %d; banning it for this fetch", label, idx)
-                self._ban(addr, node_id, conn)
-                return
-            self.peers_bytes[label] = self.peers_bytes.get(label, 0) + len(body)
-            self.downloaded += len(body)
 
     async def _store_chunk(self, idx: int, body: bytes | bytearray) -> bool:
         manifest = self.manifest

@@ -116,7 +116,7 @@ class Manifest:
 
     def encode(self) -> bytes:
         """The canonical bytes: a msgpack map with fixed key order."""
-        return msgpack.packb(
+        out: bytes = msgpack.packb(
             {
                 "v": FORMAT_VERSION,
                 "name": self.name,
@@ -126,6 +126,7 @@ class Manifest:
             },
             use_bin_type=True,
         )
+        return out
 
     @cached_property
     def hash(self) -> ManifestHash:

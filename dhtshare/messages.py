@@ -110,7 +110,11 @@ class GetHave:
 
 @dataclass(frozen=True, slots=True)
 class Have:
-    """Answer to GetHave: ``complete`` or a bitfield (bit i set: chunk i held)."""
+    """Answer to GetHave: ``complete`` or a bitfield (bit i set: chunk i held).
+
+    The bitfield travels as the frame body: for millions of chunks it is far
+    larger than a header may be.
+    """
 
     TYPE: ClassVar[MsgType] = MsgType.HAVE
     req: int
@@ -186,7 +190,7 @@ def encode(msg: Message) -> bytes:
         case GetHave():
             fields = [msg.req, msg.manifest]
         case Have():
-            fields = [msg.req, msg.complete, msg.bitfield]
+            fields = [msg.req, msg.complete]
         case HaveUpdate():
             fields = [msg.manifest, list(msg.indices)]
         case Control():
@@ -237,8 +241,21 @@ def _arity(fields: list[Any], n: int, name: str) -> None:
         raise RemoteProtocolError(f"{name} has {len(fields)} fields, expected {n}")
 
 
-def decode(header: bytes | bytearray) -> Message:
-    """Parse and validate an untrusted header; :class:`RemoteProtocolError` on anything odd."""
+def payload(msg: Message) -> bytes:
+    """The frame body a message carries besides its header (HAVE's bitfield).
+
+    DATA's payload is not here: it is passed next to the message so that large
+    chunks are written from where they already are, never copied into one.
+    """
+    return msg.bitfield if isinstance(msg, Have) else b""
+
+
+def decode(header: bytes | bytearray, body: bytes | bytearray = b"") -> Message:
+    """Parse and validate an untrusted header; :class:`RemoteProtocolError` on anything odd.
+
+    ``body`` is the frame's body; only HAVE's is read here (DATA's stays with
+    the caller, uncopied), and any other message must come without one.
+    """
     try:
         obj = msgpack.unpackb(
             header,
@@ -257,6 +274,8 @@ def decode(header: bytes | bytearray) -> Message:
         raise RemoteProtocolError(f"unknown message type {obj[0]!r}") from err
     f = obj[1:]
     _arity(f, _ARITY[mtype], mtype.name)
+    if body and mtype not in (MsgType.DATA, MsgType.HAVE):
+        raise RemoteProtocolError(f"{mtype.name} must not carry a body")
     match mtype:
         case MsgType.HELLO:
             return Hello(
@@ -268,7 +287,8 @@ def decode(header: bytes | bytearray) -> Message:
         case MsgType.GET_MANIFEST:
             return GetManifest(_req(f[0]), _hash(f[1]))
         case MsgType.GET_CHUNK:
-            return GetChunk(_req(f[0]), _hash(f[1]), _int(f[2], 0, MAX_CHUNKS, "index"), _hash(f[3]))
+            index = _int(f[2], 0, MAX_CHUNKS - 1, "index")
+            return GetChunk(_req(f[0]), _hash(f[1]), index, _hash(f[3]))
         case MsgType.DATA:
             return Data(_req(f[0]))
         case MsgType.NOT_FOUND:
@@ -280,12 +300,14 @@ def decode(header: bytes | bytearray) -> Message:
         case MsgType.HAVE:
             if not isinstance(f[1], bool):
                 raise RemoteProtocolError("bad HAVE completeness flag")
-            return Have(_req(f[0]), f[1], _bytes(f[2], None, "bitfield", MAX_CHUNKS // 8 + 1))
+            if len(body) > MAX_CHUNKS // 8 + 1 or (f[1] and body):
+                raise RemoteProtocolError("bad HAVE bitfield")
+            return Have(_req(f[0]), f[1], bytes(body))
         case MsgType.HAVE_UPDATE:
             idx = f[1]
             if not isinstance(idx, list) or len(idx) > MAX_HAVE_BATCH:
                 raise RemoteProtocolError("bad HAVE_UPDATE index list")
-            return HaveUpdate(_hash(f[0]), tuple(_int(i, 0, MAX_CHUNKS, "index") for i in idx))
+            return HaveUpdate(_hash(f[0]), tuple(_int(i, 0, MAX_CHUNKS - 1, "index") for i in idx))
         case MsgType.CANCEL:
             return Cancel(_req(f[0]))
         case MsgType.CONTROL:
@@ -303,7 +325,7 @@ _ARITY = {
     MsgType.NOT_FOUND: 1,
     MsgType.ERROR: 3,
     MsgType.GET_HAVE: 2,
-    MsgType.HAVE: 3,
+    MsgType.HAVE: 2,
     MsgType.HAVE_UPDATE: 2,
     MsgType.CANCEL: 1,
     MsgType.CONTROL: 3,

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from types import TracebackType
@@ -305,13 +306,19 @@ class Node:
             self.spawn(self.announce(manifest.hash))
 
     # -- operations ------------------------------------------------------------------------
-    async def publish(self, path: Path, chunk_size: int, emit: Emit | None = None) -> dict[str, Any]:
+    async def publish(
+        self, path: Path, chunk_size: int, emit: Emit | None = None
+    ) -> dict[str, Any]:
         check_chunk_size(chunk_size)
-        path = path.resolve()
-        if not path.is_file():
-            raise StorageError(f"{path} is not a readable file")
         t0 = time.perf_counter()
-        before = os.stat(path)
+        if not path.is_absolute():
+            raise ConfigError(f"publish needs an absolute path, not {path}")
+        try:
+            before = os.stat(path)
+        except OSError as err:
+            raise StorageError(f"cannot read {path}: {err.strerror}") from err
+        if not stat.S_ISREG(before.st_mode):
+            raise StorageError(f"{path} is not a regular file")
 
         def progress(done: int) -> None:
             if emit is not None:

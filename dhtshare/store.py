@@ -87,7 +87,7 @@ class Entry:
         except OSError:
             st = None
         if st is None or (st.st_size, st.st_mtime_ns) != self.size_mtime:
-            log.warning("%s changed or vanished since it was shared; no longer serving it", self.path)
+            log.warning("%s changed or vanished since it was shared; not serving it", self.path)
             self.valid = False
         return self.valid
 
@@ -129,7 +129,8 @@ class ContentStore:
         for hexhash, rec in raw.items():
             try:
                 manifest = Manifest.decode_verified(
-                    (self.manifest_dir / hexhash).read_bytes(), ManifestHash(bytes.fromhex(hexhash))
+                    (self.manifest_dir / hexhash).read_bytes(),
+                    ManifestHash(bytes.fromhex(hexhash)),
                 )
                 path = Path(rec["path"])
                 size_mtime = tuple(rec["stat"])
@@ -142,7 +143,8 @@ class ContentStore:
             except Exception as err:  # IntegrityError and anything odd in a damaged index
                 log.warning("dropping index entry %s: %s", hexhash[:12], err)
                 continue
-            self.entries[manifest.hash] = Entry(manifest, path, None, (size_mtime[0], size_mtime[1]))
+            key = (size_mtime[0], size_mtime[1])
+            self.entries[manifest.hash] = Entry(manifest, path, None, key)
 
     def save(self) -> None:
         """Persist the complete entries (partial downloads are not served after restart)."""

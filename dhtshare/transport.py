@@ -15,6 +15,7 @@ the node id in :class:`~dhtshare.messages.Hello` bound to its key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import socket
@@ -91,10 +92,8 @@ class Connection(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                try:
+                with contextlib.suppress(OSError):  # kernel limits
                     sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-                except OSError:  # pragma: no cover - kernel limits
-                    pass
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
@@ -109,7 +108,7 @@ class Connection(asyncio.BufferedProtocol):
         try:
             self._decoder.buffer_updated(nbytes)
             while (frame := self._decoder.next_frame()) is not None:
-                self._dispatch(m.decode(frame.header), frame.body)
+                self._dispatch(m.decode(frame.header, frame.body), frame.body)
                 if self.transport is None or self.transport.is_closing():
                     return
         except RemoteProtocolError as err:
@@ -183,6 +182,7 @@ class Connection(asyncio.BufferedProtocol):
         """Queue a message (never blocks; see :meth:`drain` for back-pressure)."""
         if self.transport is None or self.transport.is_closing():
             return
+        body = body or m.payload(msg)
         self.transport.write(encode_prefix(m.encode(msg), len(body)))
         if body:
             self.transport.write(body)
@@ -252,8 +252,6 @@ class Connection(asyncio.BufferedProtocol):
             self.peer_hello = msg
             self._handshake.set_result(msg)
             return
-        if body and not isinstance(msg, m.Data):
-            raise RemoteProtocolError(f"{type(msg).__name__} must not carry a body")
         match msg:
             case m.Data() | m.NotFound() | m.Error() | m.Have():
                 fut = self._pending.pop(msg.req, None)

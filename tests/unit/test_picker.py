@@ -19,7 +19,7 @@ from hypothesis.stateful import (
 
 from dhtshare.picker import Picker
 
-FUZZ = settings(max_examples=150, deadline=None, database=None)
+FUZZ = settings(max_examples=100, deadline=None, database=None)
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -470,7 +470,7 @@ def test_unavailable() -> None:
 
 def test_rarest_after_a_holder_leaves() -> None:
     for seed in range(10):
-        picker = make(3, seed)
+        picker = make(4, seed)  # nobody holds chunk 3: p and q are not seeds
         picker.add_peer("p", [0, 1, 2])
         picker.add_peer("q", [0, 1, 2])
         picker.add_peer("r", [2])
@@ -478,11 +478,12 @@ def test_rarest_after_a_holder_leaves() -> None:
         assert first in (0, 1)
         picker.remove_peer("q")  # the other of 0/1 is now the rarest
         assert picker.next_request("p") == 1 - first
+        assert picker.next_request("p") == 2
 
 
 def test_rarest_after_a_holder_lacks() -> None:
     for seed in range(10):
-        picker = make(3, seed)
+        picker = make(4, seed)  # nobody holds chunk 3: p and q are not seeds
         picker.add_peer("p", [0, 1, 2])
         picker.add_peer("q", [0, 1, 2])
         picker.add_peer("r", [2])
@@ -493,7 +494,7 @@ def test_rarest_after_a_holder_lacks() -> None:
 
 
 def test_rarest_after_a_failure() -> None:
-    picker = make(2)
+    picker = make(3)  # nobody holds chunk 2: p is not a seed
     picker.add_peer("p", [0, 1])
     picker.add_peer("q", [0])
     assert picker.next_request("p") == 1
@@ -647,6 +648,8 @@ def test_download_completes_despite_failures_and_liars(
 
 PEERS = ("a", "b", "c", "d")
 N_MAX = 12
+#: What a peer holds: everything (None) or a set of chunk numbers (taken modulo n).
+HELD = st.none() | st.sets(st.integers(0, N_MAX - 1), max_size=N_MAX)
 
 
 class PickerMachine(RuleBasedStateMachine):
@@ -686,17 +689,19 @@ class PickerMachine(RuleBasedStateMachine):
         dup=st.integers(1, 3),
         have=st.sets(st.integers(0, N_MAX - 1), max_size=4),
         seed=st.integers(0, 2**32 - 1),
+        initial=st.dictionaries(st.sampled_from(PEERS), HELD, min_size=1),
     )
-    def setup(self, n: int, dup: int, have: set[int], seed: int) -> None:
+    def setup(
+        self, n: int, dup: int, have: set[int], seed: int, initial: dict[str, set[int] | None]
+    ) -> None:
         self.n = n
         self.dup = dup
         self.have = {i % n for i in have}
         self.picker = Picker(n, self.have, rng=random.Random(seed), endgame_dup=dup)
+        for peer, held in initial.items():
+            self.add_peer(peer, held)
 
-    @rule(
-        peer=st.sampled_from(PEERS),
-        held=st.none() | st.sets(st.integers(0, N_MAX - 1), max_size=N_MAX),
-    )
+    @rule(peer=st.sampled_from(PEERS), held=HELD)
     def add_peer(self, peer: str, held: set[int] | None) -> None:
         chunks = None if held is None else {self.chunk(i) for i in held}
         self.p.add_peer(peer, chunks)
@@ -712,7 +717,17 @@ class PickerMachine(RuleBasedStateMachine):
             held.add(index)
 
     @rule(peer=st.sampled_from(PEERS))
+    def next_request_any(self, peer: str) -> None:
+        self.next_request(peer)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), times=st.integers(1, 4))
+    def next_request_connected(self, data: st.DataObject, times: int) -> None:
+        for _ in range(times):
+            self.next_request(data.draw(st.sampled_from(sorted(self.held))))
+
     def next_request(self, peer: str) -> None:
+        """Ask the picker, and check the answer against the model."""
         got = self.p.next_request(peer)
         if peer not in self.held:
             assert got is None
@@ -788,6 +803,7 @@ class PickerMachine(RuleBasedStateMachine):
         self.p.remove_peer(peer)
         self._disconnect(peer)
 
+    @precondition(lambda self: len(self.banned) < 2)  # keep peers to play with
     @rule(peer=st.sampled_from(PEERS))
     def ban(self, peer: str) -> None:
         self.p.ban(peer)
@@ -833,6 +849,6 @@ class PickerMachine(RuleBasedStateMachine):
 
 
 PickerMachine.TestCase.settings = settings(
-    max_examples=120, stateful_step_count=40, deadline=None, database=None
+    max_examples=200, stateful_step_count=40, deadline=None, database=None
 )
 test_picker_state_machine = PickerMachine.TestCase
