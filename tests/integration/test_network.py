@@ -200,3 +200,11 @@ def test_node_stops_cleanly_on_sigterm(cluster: Cluster) -> None:
     assert n1.stop(signal.SIGINT) == 0
     assert time.monotonic() - t0 < 10
     assert "Traceback" not in n1.log() + n2.log()
+
+
+def test_200_mib_file_moves_between_nodes(net: list[NodeProc], tmp_path: Path) -> None:
+    src = make_file(tmp_path / "large.bin", 200 * MIB, seed=99)
+    h = publish(net[0], src)
+    result = fetch_json(net[3], h, tmp_path / "large-copy.bin")
+    assert sha256_file(tmp_path / "large-copy.bin") == sha256_file(src)
+    assert result["bytes_downloaded"] >= 200 * MIB
