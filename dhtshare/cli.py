@@ -294,6 +294,8 @@ def publish(
     peer: PeerOpt = None,
     chunk_size: Annotated[str, typer.Option("--chunk-size", help="Chunk size: bytes or "
                                             "K/M suffix, 512 to 16M.")] = "1M",
+    copy: Annotated[bool, typer.Option("--copy", help="Keep a copy in the data dir and serve "
+                                       "that, instead of serving FILE where it is.")] = False,
     host: HostOpt = "",
     port: PortOpt = 0,
     json_out: JsonOpt = False,
@@ -332,7 +334,7 @@ def publish(
             print(result["hash"], flush=True)
 
     async def main() -> None:
-        args = {"path": str(path), "chunk_size": size}
+        args = {"path": str(path), "chunk_size": size, "copy": copy}
         with _Progress("hashing", not json_out) as bar:
             result = await _via_control(ddir, "publish", args, bar)
         if result is not None:
@@ -348,7 +350,7 @@ def publish(
 
         async def body(node: Node) -> None:
             with _Progress("hashing", not json_out) as bar:
-                result = await node.publish(path, size, lambda _k, d: bar.update(d))
+                result = await node.publish(path, size, lambda _k, d: bar.update(d), copy)
             show(result)
             print("serving until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
             await _wait_for_signal(node, stop)

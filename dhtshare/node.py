@@ -307,8 +307,14 @@ class Node:
 
     # -- operations ------------------------------------------------------------------------
     async def publish(
-        self, path: Path, chunk_size: int, emit: Emit | None = None
+        self, path: Path, chunk_size: int, emit: Emit | None = None, copy: bool = False
     ) -> dict[str, Any]:
+        """Hash ``path``, hold it and announce it.
+
+        The file is served from where it is unless ``copy`` asks for a copy in
+        the data dir (then the copy is what gets hashed and served, so moving or
+        editing the original later changes nothing).
+        """
         check_chunk_size(chunk_size)
         t0 = time.perf_counter()
         if not path.is_absolute():
@@ -325,7 +331,18 @@ class Node:
                 loop.call_soon_threadsafe(emit, "progress", {"done": done, "total": before.st_size})
 
         loop = asyncio.get_running_loop()
-        manifest = await asyncio.to_thread(hash_file, path, chunk_size, progress)
+        name = path.name
+        if copy:
+            path = await asyncio.to_thread(self.store.import_copy, path)
+        try:
+            manifest = await asyncio.to_thread(hash_file, path, chunk_size, progress, name)
+        except BaseException:
+            if copy:
+                path.unlink(missing_ok=True)
+            raise
+        if copy:
+            path = await asyncio.to_thread(self.store.place_copy, path, manifest)
+            before = os.stat(path)
         after = os.stat(path)
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
             raise StorageError(f"{path} changed while it was being published; try again")
@@ -364,7 +381,7 @@ class Node:
         path, chunk_size = args.get("path"), args.get("chunk_size")
         if not isinstance(path, str) or not isinstance(chunk_size, int):
             raise ConfigError("publish needs a path and a chunk size")
-        return await self.publish(Path(path), chunk_size, emit)
+        return await self.publish(Path(path), chunk_size, emit, bool(args.get("copy")))
 
     async def _op_fetch(self, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
         h = parse_manifest_hash(str(args.get("hash", "")))

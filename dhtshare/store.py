@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,25 @@ class ContentStore:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(manifest.encode())
             os.replace(tmp, path)
+
+    def import_copy(self, src: Path) -> Path:
+        """Copy ``src`` into the data dir (under a temporary name); returns the copy."""
+        tmp_dir = self.data_dir / "files" / ".incoming"
+        try:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            dst = tmp_dir / f"{os.getpid()}-{time.monotonic_ns()}"
+            shutil.copyfile(src, dst)
+        except OSError as err:
+            raise StorageError(f"cannot copy {src} into {self.data_dir}: {err.strerror}") from err
+        return dst
+
+    def place_copy(self, tmp: Path, manifest: Manifest) -> Path:
+        """Move an imported copy to its final place, named after the manifest."""
+        final_dir = self.data_dir / "files" / manifest.hash.hex()
+        final_dir.mkdir(parents=True, exist_ok=True)
+        final = final_dir / manifest.name
+        os.replace(tmp, final)
+        return final
 
     def get(self, h: bytes) -> Entry | None:
         entry = self.entries.get(h)

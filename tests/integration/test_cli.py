@@ -168,3 +168,13 @@ def test_node_on_all_interfaces_is_reachable_by_loopback_peers(
         assert sha256_file(tmp_path / "wide-copy.bin") == sha256_file(src)
     finally:
         c.stop_all()
+
+
+def test_publish_copy_survives_the_original(cluster: Cluster, tmp_path: Path) -> None:
+    n1, n2 = cluster.start(2)
+    src = make_file(tmp_path / "moved.bin", 300_000, seed=13)
+    want = sha256_file(src)
+    h = publish(n1, src, "--copy")
+    src.unlink()
+    fetch_json(n2, h, tmp_path / "copy-of-moved.bin")
+    assert sha256_file(tmp_path / "copy-of-moved.bin") == want
