@@ -25,6 +25,7 @@ import logging
 import socket
 import time
 from collections.abc import Coroutine, Iterable
+from dataclasses import replace
 from typing import Any
 
 from kademlia.network import Server
@@ -35,6 +36,7 @@ from kademlia.storage import ForgetfulStorage
 from dhtshare.errors import ConfigError, PeerUnreachable
 from dhtshare.ids import NODE_ID_LEN, dht_key, short
 from dhtshare.providers import (
+    SELF_HOST,
     Announcement,
     ProviderRecord,
     ProviderStore,
@@ -308,7 +310,7 @@ class Dht:
             answers = await asyncio.gather(*(proto._call(n, rpc, key) for n in batch))
             dead = []
             for node, (ok, reply) in zip(batch, answers, strict=True):
-                nodes_raw, token = self._parse_reply(rpc, reply, found) if ok else (None, b"")
+                nodes_raw, token = self._parse_reply(rpc, reply, found, node) if ok else (None, b"")
                 if nodes_raw is None:
                     dead.append(node.id)
                     continue
@@ -334,7 +336,7 @@ class Dht:
 
     @staticmethod
     def _parse_reply(
-        rpc: str, reply: Any, found: dict[bytes, ProviderRecord]
+        rpc: str, reply: Any, found: dict[bytes, ProviderRecord], node: Node
     ) -> tuple[list[Any] | None, bytes]:
         if rpc == "find_node":
             return (reply if isinstance(reply, list) else None), b""
@@ -345,20 +347,24 @@ class Dht:
             return None, b""
         for raw in records[:64]:
             rec = ProviderRecord.from_wire(raw)
+            if rec is not None and rec.host == SELF_HOST:
+                # A node's record of itself: reachable where we just reached it.
+                rec = replace(rec, host=node.ip) if rec.node_id == node.id else None
             if rec is not None and rec.ttl > 0:
                 old = found.get(rec.node_id)
                 if old is None or rec.ttl > old.ttl:
                     found[rec.node_id] = rec
         return nodes, token if isinstance(token, bytes) else b""
 
-    def _store_locally(self, key: bytes, ann: Announcement, host: str) -> None:
-        self.providers.add(key, self.node_id, ann.advertise or host, ann)
+    async def announce(self, content_hash: bytes, ann: Announcement) -> int:
+        """Register this node as a provider; returns how many DHT nodes confirmed.
 
-    async def announce(self, content_hash: bytes, ann: Announcement, local_host: str) -> int:
-        """Register this node as a provider; returns how many DHT nodes confirmed."""
+        We also keep the record ourselves, so a peer that asks us directly
+        finds us even before the other holders answer.
+        """
         key = dht_key(PROVIDERS_NS, content_hash)
         closest, _ = await self._lookup(key, "get_providers")
-        self._store_locally(key, ann, local_host)
+        self.providers.add(key, self.node_id, ann.advertise or SELF_HOST, ann)
         wire = ann.to_wire()
         results = await asyncio.gather(
             *(

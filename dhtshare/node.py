@@ -277,7 +277,7 @@ class Node:
         if ann is None or self.dht is None:
             return 0
         self._announced.add(h)
-        return await self.dht.announce(h, ann, self.config.advertise or self.config.host)
+        return await self.dht.announce(h, ann)
 
     async def _announce_all(self) -> None:
         sem = asyncio.Semaphore(ANNOUNCE_CONCURRENCY)

@@ -38,6 +38,12 @@ TOKEN_LEN = 8
 TOKEN_ROTATE = 300.0
 
 
+#: The host of a node's record about itself: "wherever you reached me".  A
+#: node bound to 0.0.0.0 cannot know which of its addresses a peer used, but
+#: the peer does, and substitutes it (see ``Dht._parse_reply``).
+SELF_HOST = ""
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderRecord:
     """One provider of one key, as returned by a lookup."""
@@ -66,7 +72,7 @@ class ProviderRecord:
             isinstance(node_id, bytes)
             and len(node_id) == NODE_ID_LEN
             and isinstance(host, str)
-            and 0 < len(host) <= 255
+            and len(host) <= 255
             and isinstance(port, int)
             and not isinstance(port, bool)
             and 0 < port < 65536
