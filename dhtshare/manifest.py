@@ -34,6 +34,8 @@ MAX_NAME_BYTES = 255
 MAX_MANIFEST_BYTES = MAX_CHUNKS * HASH_LEN + 1024
 
 _FIELDS = ("v", "name", "size", "chunk_size", "hashes")
+#: Bidirectional-text controls: they make a name display as something else.
+_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def chunk_count(size: int, chunk_size: int) -> int:
@@ -43,7 +45,11 @@ def chunk_count(size: int, chunk_size: int) -> int:
 
 def check_chunk_size(chunk_size: int) -> int:
     """Validate a user-chosen chunk size (512 B to 16 MiB)."""
-    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE
+    ):
         raise ConfigError(
             f"chunk size {chunk_size} is out of range: "
             f"use {MIN_CHUNK_SIZE} bytes to {MAX_CHUNK_SIZE // MIB} MiB"
@@ -57,7 +63,7 @@ def check_name(name: str) -> str:
         raise ManifestError("manifest has an empty or non-text file name")
     if name in (".", "..") or any(c in name for c in "/\\\0"):
         raise ManifestError(f"manifest file name {name!r} is not a plain base name")
-    if any(unicodedata.category(c) == "Cc" for c in name):
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI for c in name):
         raise ManifestError(f"manifest file name {name!r} contains control characters")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise ManifestError("manifest file name is longer than 255 bytes")
@@ -234,6 +240,8 @@ def hash_file(
                     progress(done)
     except OSError as err:
         raise StorageError(f"cannot read {path}: {err.strerror or err}") from err
+    if progress and not size:
+        progress(0)
     if done != size:
         raise StorageError(f"{path} changed size while it was being read")
     return Manifest(name=name, size=size, chunk_size=chunk_size, hashes=b"".join(parts))

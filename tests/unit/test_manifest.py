@@ -547,15 +547,17 @@ def test_hash_file(tmp_path: Path, size: int, chunk_size: int) -> None:
         assert progress[-1] == size
 
 
-def test_hash_file_many_blocks(tmp_path: Path) -> None:
-    # Larger than several hashing blocks, so blocks are pipelined through the pool.
+@pytest.mark.parametrize("chunk_size", [MIB, 100_000, 3 * MIB + 7])
+def test_hash_file_many_blocks(tmp_path: Path, chunk_size: int) -> None:
+    # Several hashing blocks, pipelined through the pool; chunk sizes that do not
+    # divide the block target must still cut chunks at multiples of chunk_size.
     size = 17 * MIB + 3
     data = random.Random(17).randbytes(size)
     path = tmp_path / "big.bin"
     path.write_bytes(data)
     progress: list[int] = []
-    m = hash_file(path, MIB, progress=progress.append)
-    _check_file_manifest(m, data, MIB)
+    m = hash_file(path, chunk_size, progress=progress.append)
+    _check_file_manifest(m, data, chunk_size)
     assert len(progress) > 1
     assert progress == sorted(progress)
     assert progress[-1] == size

@@ -36,6 +36,7 @@ from dhtshare.messages import (
     decode,
     encode,
     indices_from_bitfield,
+    payload,
 )
 
 FUZZ = settings(max_examples=200, deadline=None, database=None)
@@ -93,10 +94,11 @@ MESSAGE_STRATEGIES: dict[MsgType, st.SearchStrategy[Message]] = {
         message=texts,
     ),
     MsgType.GET_HAVE: st.builds(GetHave, req=reqs, manifest=hashes),
-    MsgType.HAVE: st.builds(
+    MsgType.HAVE: st.builds(Have, req=reqs, complete=st.just(True))
+    | st.builds(
         Have,
         req=reqs,
-        complete=st.booleans(),
+        complete=st.just(False),
         bitfield=st.binary(max_size=200) | st.just(b"\xff" * (MAX_CHUNKS // 8)),
     ),
     MsgType.HAVE_UPDATE: st.builds(
@@ -127,10 +129,16 @@ def test_round_trip(mtype: MsgType, data: st.DataObject) -> None:
     header = encode(msg)
     assert isinstance(header, bytes)
     assert msgpack.unpackb(header)[0] == int(mtype)
-    back = decode(header)
+    body = payload(msg)
+    assert isinstance(body, bytes)
+    if not isinstance(msg, Have):
+        assert body == b""
+    back = decode(header, body)
     assert type(back) is type(msg)
     assert back == msg
-    assert decode(bytearray(header)) == msg
+    assert decode(bytearray(header), bytearray(body)) == msg
+    if isinstance(msg, Have):
+        assert len(header) < 16  # the bitfield never inflates the header
 
 
 @pytest.mark.parametrize(
@@ -153,7 +161,21 @@ def test_round_trip(mtype: MsgType, data: st.DataObject) -> None:
     ids=lambda m: type(m).__name__,
 )
 def test_round_trip_examples(msg: Message) -> None:
-    assert decode(encode(msg)) == msg
+    assert decode(encode(msg), payload(msg)) == msg
+
+
+def test_have_bitfield_travels_as_body() -> None:
+    msg = Have(5, False, b"\x80\x01")
+    assert payload(msg) == b"\x80\x01"
+    assert msgpack.unpackb(encode(msg)) == [int(MsgType.HAVE), 5, False]
+    assert decode(encode(msg)) == Have(5, False, b"")
+    assert payload(Have(5, True)) == b""
+
+
+def test_data_body_is_left_to_the_caller() -> None:
+    # DATA's payload is a chunk or manifest: accepted next to the header, not parsed.
+    assert decode(encode(Data(9)), b"chunk bytes") == Data(9)
+    assert payload(Data(9)) == b""
 
 
 def test_error_text_is_truncated_on_encode() -> None:
@@ -209,7 +231,7 @@ VALID = {
     MsgType.NOT_FOUND: [1],
     MsgType.ERROR: [1, 1, "oops"],
     MsgType.GET_HAVE: [1, H],
-    MsgType.HAVE: [1, False, b"\x00"],
+    MsgType.HAVE: [1, False],
     MsgType.HAVE_UPDATE: [H, [0, 1]],
     MsgType.CANCEL: [1],
     MsgType.CONTROL: [1, "op", {"k": 1}],
@@ -261,7 +283,7 @@ BAD_FIELDS: list[tuple[str, list[Any]]] = [
     *((f"HAVE_UPDATE-hash-{v!r}", _with(MsgType.HAVE_UPDATE, 0, v)) for v in BAD_HASHES),
     *(
         (f"GET_CHUNK-index-{v!r}", _with(MsgType.GET_CHUNK, 2, v))
-        for v in [True, -1, MAX_CHUNKS + 1, 2**64 - 1, 0.0, "0", None]
+        for v in [True, -1, MAX_CHUNKS, MAX_CHUNKS + 1, 2**64 - 1, 0.0, "0", None]
     ),
     # HELLO
     ("HELLO-version-bool", _with(MsgType.HELLO, 0, True)),
@@ -290,9 +312,7 @@ BAD_FIELDS: list[tuple[str, list[Any]]] = [
     ("HAVE-complete-int", _with(MsgType.HAVE, 1, 1)),
     ("HAVE-complete-zero", _with(MsgType.HAVE, 1, 0)),
     ("HAVE-complete-none", _with(MsgType.HAVE, 1, None)),
-    ("HAVE-bitfield-str", _with(MsgType.HAVE, 2, "\x00")),
-    ("HAVE-bitfield-list", _with(MsgType.HAVE, 2, [0])),
-    ("HAVE-bitfield-huge", _with(MsgType.HAVE, 2, b"\x00" * (MAX_CHUNKS // 8 + 2))),
+    ("HAVE-bitfield-in-header", [int(MsgType.HAVE), 1, False, b"\x00"]),
     # HAVE_UPDATE
     ("HAVE_UPDATE-too-many", _with(MsgType.HAVE_UPDATE, 1, [0] * (MAX_HAVE_BATCH + 1))),
     ("HAVE_UPDATE-not-list-bytes", _with(MsgType.HAVE_UPDATE, 1, b"\x00\x01")),
@@ -301,6 +321,7 @@ BAD_FIELDS: list[tuple[str, list[Any]]] = [
     ("HAVE_UPDATE-bool-index", _with(MsgType.HAVE_UPDATE, 1, [0, True])),
     ("HAVE_UPDATE-neg-index", _with(MsgType.HAVE_UPDATE, 1, [-1])),
     ("HAVE_UPDATE-big-index", _with(MsgType.HAVE_UPDATE, 1, [MAX_CHUNKS + 1])),
+    ("HAVE_UPDATE-index-max-chunks", _with(MsgType.HAVE_UPDATE, 1, [0, MAX_CHUNKS])),
     ("HAVE_UPDATE-str-index", _with(MsgType.HAVE_UPDATE, 1, ["0"])),
     ("HAVE_UPDATE-float-index", _with(MsgType.HAVE_UPDATE, 1, [0.0])),
     # CONTROL / CONTROL_EVENT
@@ -332,47 +353,48 @@ def test_field_limits_are_inclusive() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="index bound is inclusive of MAX_CHUNKS, but valid chunk indices are 0..MAX_CHUNKS-1",
-)
+def test_highest_chunk_index_accepted() -> None:
+    last = MAX_CHUNKS - 1
+    assert decode(_pack(_with(MsgType.GET_CHUNK, 2, last))) == GetChunk(1, H, last, H)
+    assert decode(_pack(_with(MsgType.HAVE_UPDATE, 1, [last]))) == HaveUpdate(H, (last,))
+
+
+@pytest.mark.parametrize("body", [b"\x00", b"\xff" * 10])
 @pytest.mark.parametrize(
-    "obj",
-    [_with(MsgType.GET_CHUNK, 2, MAX_CHUNKS), _with(MsgType.HAVE_UPDATE, 1, [MAX_CHUNKS])],
-    ids=["GET_CHUNK", "HAVE_UPDATE"],
+    "mtype", [t for t in MsgType if t not in (MsgType.DATA, MsgType.HAVE)], ids=lambda t: t.name
 )
-def test_index_equal_to_max_chunks_rejected(obj: list[Any]) -> None:
+def test_unexpected_body_rejected(mtype: MsgType, body: bytes) -> None:
+    header = _pack([int(mtype), *VALID[mtype]])
+    decode(header)  # fine without a body
     with pytest.raises(RemoteProtocolError):
-        decode(_pack(obj))
+        decode(header, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "HAVE carries its bitfield in the msgpack header, which framing caps at "
-        "MAX_HEADER_SIZE (64 KiB); manifests of more than ~524,200 chunks (e.g. a "
-        "256 MiB file at 512 B chunks) are valid but their HAVE cannot be framed"
-    ),
-)
-@pytest.mark.parametrize("n_chunks", [524_288, MAX_CHUNKS])
-def test_have_for_largest_manifest_fits_in_a_frame(n_chunks: int) -> None:
+def test_complete_have_with_bitfield_rejected() -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode(encode(Have(1, True)), b"\x80")
+
+
+def test_oversized_have_bitfield_rejected() -> None:
+    header = encode(Have(1, False))
+    assert decode(header, bytes(MAX_CHUNKS // 8 + 1)) == Have(1, False, bytes(MAX_CHUNKS // 8 + 1))
+    with pytest.raises(RemoteProtocolError):
+        decode(header, bytes(MAX_CHUNKS // 8 + 2))
+
+
+@pytest.mark.parametrize("n_chunks", [524_000, 524_288, MAX_CHUNKS])
+def test_have_for_large_manifest_fits_in_a_frame(n_chunks: int) -> None:
+    # Regression: the bitfield used to ride in the msgpack header, which framing
+    # caps at 64 KiB, so a HAVE for more than ~524,200 chunks could not be sent.
     msg = Have(MAX_REQ_ID, False, bitfield_from_indices(n_chunks, [0, n_chunks - 1]))
     dec = FrameDecoder()
-    dec.feed(encode_frame(encode(msg)))
+    dec.feed(encode_frame(encode(msg), payload(msg)))
     frame = dec.next_frame()
     assert frame is not None
-    assert decode(frame.header) == msg
-
-
-def test_have_for_half_million_chunks_fits_in_a_frame() -> None:
-    # Just under the header cap: still works today.
-    n_chunks = 524_000
-    msg = Have(MAX_REQ_ID, False, bitfield_from_indices(n_chunks, [0, n_chunks - 1]))
-    dec = FrameDecoder()
-    dec.feed(encode_frame(encode(msg)))
-    frame = dec.next_frame()
-    assert frame is not None
-    assert decode(frame.header) == msg
+    back = decode(frame.header, frame.body)
+    assert back == msg
+    assert isinstance(back, Have)
+    assert indices_from_bitfield(n_chunks, back.bitfield) == [0, n_chunks - 1]
 
 
 # --- fuzzing --------------------------------------------------------------------------
@@ -386,9 +408,9 @@ message_like = st.builds(
 )
 
 
-def _decode_or_reject(header: bytes) -> Message | None:
+def _decode_or_reject(header: bytes, body: bytes = b"") -> Message | None:
     try:
-        return decode(header)
+        return decode(header, body)
     except RemoteProtocolError:
         return None
 
@@ -399,7 +421,17 @@ def test_arbitrary_msgpack_only_raises_remote_protocol_error(obj: Any) -> None:
     msg = _decode_or_reject(_pack(obj))
     if msg is not None:
         # Whatever decode accepts is a well-formed message that survives a round trip.
-        assert decode(encode(msg)) == msg
+        assert decode(encode(msg), payload(msg)) == msg
+
+
+@FUZZ
+@given(obj=message_like, body=st.binary(max_size=20))
+def test_arbitrary_msgpack_with_body_only_raises_remote_protocol_error(
+    obj: Any, body: bytes
+) -> None:
+    msg = _decode_or_reject(_pack(obj), body)
+    if msg is not None:
+        assert decode(encode(msg), payload(msg)) == msg
 
 
 @FUZZ
@@ -407,7 +439,7 @@ def test_arbitrary_msgpack_only_raises_remote_protocol_error(obj: Any) -> None:
 def test_arbitrary_bytes_only_raise_remote_protocol_error(header: bytes) -> None:
     msg = _decode_or_reject(header)
     if msg is not None:
-        assert decode(encode(msg)) == msg
+        assert decode(encode(msg), payload(msg)) == msg
 
 
 @FUZZ
