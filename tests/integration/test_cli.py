@@ -100,12 +100,13 @@ def test_data_dir_in_use(cluster: Cluster) -> None:
 
 
 def test_status_lists_published_content(cluster: Cluster, tmp_path: Path) -> None:
-    n1, n2 = cluster.start(2)
+    _n1, n2 = cluster.start(2)
     f = make_file(tmp_path / "listed.bin", 3000, seed=9)
     h = publish(n2, f)
     res = run_cli("status", "--data-dir", str(n2.data_dir))
     assert res.returncode == 0
-    assert h in res.stdout and "listed.bin" in res.stdout
+    assert h in res.stdout
+    assert "listed.bin" in res.stdout
 
 
 def test_restart_rejoins_and_reannounces(cluster: Cluster, tmp_path: Path) -> None:

@@ -148,7 +148,7 @@ def test_peers_from_environment(net: list[NodeProc], tmp_path: Path) -> None:
 def test_corrupt_provider_is_banned_and_fetch_completes(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    n1, n2, n3, n4 = cluster.start(4)
+    _n1, n2, n3, n4 = cluster.start(4)
     src = make_file(tmp_path / "good.bin", 8 * MIB, seed=21)
     h = publish(n2, src, "--chunk-size", "128K")
     fetch_json(n3, h, tmp_path / "n3copy.bin")
@@ -166,7 +166,7 @@ def test_corrupt_provider_is_banned_and_fetch_completes(
 
 
 def test_provider_killed_mid_fetch(cluster: Cluster, tmp_path: Path) -> None:
-    n1, n2, n3, n4 = cluster.start(4)
+    _n1, n2, n3, n4 = cluster.start(4)
     src = make_file(tmp_path / "big.bin", 96 * MIB, seed=31)
     h = publish(n2, src, "--chunk-size", "64K")
     fetch_json(n3, h, tmp_path / "n3.bin")
@@ -184,7 +184,7 @@ def test_provider_killed_mid_fetch(cluster: Cluster, tmp_path: Path) -> None:
                 break
             time.sleep(0.005)
         n2.kill()
-        stdout, stderr = fetcher.communicate(timeout=120)
+        _stdout, stderr = fetcher.communicate(timeout=120)
     finally:
         if fetcher.poll() is None:
             fetcher.kill()
