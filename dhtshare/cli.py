@@ -43,6 +43,9 @@ app = typer.Typer(
 
 log = logging.getLogger("dhtshare")
 
+#: Seconds a long-running node retries joining (its peers may be starting too).
+LONG_RUNNING_JOIN = 60.0
+
 DataDirOpt = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Node data directory [env: DHTSHARE_DATA_DIR; "
@@ -110,7 +113,7 @@ def _peers(values: list[str] | None) -> tuple[tuple[str, int], ...]:
 
 
 def _config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, int], ...],
-            advertise: str | None = None) -> Config:
+            advertise: str | None = None, join_timeout: float = 0.0) -> Config:
     from dhtshare.config import Config
 
     if not 0 <= port < 65536:
@@ -123,7 +126,8 @@ def _config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, int], 
                       ("reannounce_interval", "DHTSHARE_REANNOUNCE")):
         if key in env:
             kw[name] = float(env[key])
-    return Config(data_dir=data_dir, host=host, port=port, advertise=advertise, peers=peers, **kw)
+    return Config(data_dir=data_dir, host=host, port=port, advertise=advertise, peers=peers,
+                  join_timeout=join_timeout, **kw)
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -238,7 +242,7 @@ async def _with_node(config: Config, body: Callable[[Node], Awaitable[T]],
 def _serve(data_dir: Path | None, host: str, port: int, peers: tuple[tuple[str, int], ...],
            advertise: str | None, verbose: int) -> None:
     _setup_logging(verbose, logging.INFO)
-    config = _config(_data_dir(data_dir), host, port, peers, advertise)
+    config = _config(_data_dir(data_dir), host, port, peers, advertise, LONG_RUNNING_JOIN)
 
     async def main() -> None:
         from dhtshare.node import Node

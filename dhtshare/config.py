@@ -59,6 +59,8 @@ class Config:
     dht_timeout: float = 1.5
     #: Seconds a DHT contact that timed out is not asked again.
     dead_peer_ttl: float = 60.0
+    #: How long a node keeps retrying to join through its peers at start-up.
+    join_timeout: float = 0.0
     connect_timeout: float = 5.0
     request_timeout: float = 30.0
     #: Peers a fetch talks to at once.

@@ -245,15 +245,28 @@ class Node:
         return conn
 
     async def _join(self) -> None:
+        """Join through ``--peer`` nodes, else through contacts saved last time.
+
+        A long-running node keeps trying for ``join_timeout`` seconds (peers
+        started at the same moment, as in a compose cluster, may not listen
+        yet); a short-lived one gives up after one round.
+        """
         assert self.dht is not None
         peers = list(self.config.peers)
-        answered = await self.dht.bootstrap(peers) if peers else 0
-        if not answered:
-            saved = self._saved_contacts()
-            if saved:
+        saved = self._saved_contacts()
+        deadline = time.monotonic() + self.config.join_timeout
+        delay = 0.5
+        while True:
+            answered = await self.dht.bootstrap(peers) if peers else 0
+            if not answered and saved:
                 answered = await self.dht.bootstrap(saved)
                 if answered:
                     log.info("rejoined through %d saved contacts", answered)
+            if answered or not peers or time.monotonic() + delay > deadline:
+                break
+            log.warning("no peer answered yet; retrying in %.1f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
         if peers:
             require_contacts(answered, peers)
 
