@@ -79,7 +79,7 @@ class ControlServer:
                     msg = m.decode(frame.header)
                     if not isinstance(msg, m.Control):
                         raise RemoteProtocolError("expected a control request")
-                    await self._run(msg, writer)
+                    await self._run(msg, reader, writer)
         except (RemoteProtocolError, ConnectionError) as err:
             log.info("control client dropped: %s", err)
         except asyncio.CancelledError:
@@ -88,7 +88,10 @@ class ControlServer:
             self._tasks.discard(task)
             writer.close()
 
-    async def _run(self, msg: m.Control, writer: asyncio.StreamWriter) -> None:
+    async def _run(
+        self, msg: m.Control, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Run one operation; if the client goes away (Ctrl-C), cancel it."""
         last = 0.0
 
         def emit(kind: str, data: dict[str, Any]) -> None:
@@ -103,7 +106,19 @@ class ControlServer:
         try:
             if handler is None:
                 raise DhtshareError(f"unknown control operation {msg.op!r}")
-            result = await handler(msg.args, emit)
+            op = asyncio.ensure_future(handler(msg.args, emit))
+            hangup = asyncio.ensure_future(reader.read(1))
+            try:
+                await asyncio.wait([op, hangup], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                hangup.cancel()
+            if not op.done():
+                log.info("control client left; cancelling %s", msg.op)
+                op.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await op
+                return
+            result = op.result()
             event = m.ControlEvent(msg.req, "result", result)
         except DhtshareError as err:
             event = m.ControlEvent(

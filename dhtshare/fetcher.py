@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import hashlib
 import logging
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dhtshare import messages as m
+from dhtshare.chunkfile import ChunkFile
 from dhtshare.config import KIB, Config
 from dhtshare.errors import (
     ConfigError,
@@ -76,6 +76,7 @@ class FetchServices(Protocol):
     node_id: bytes
     store: ContentStore
     pool: PeerPool
+    active_parts: set[Path]
 
     async def find_providers(self, h: bytes) -> list[ProviderRecord]: ...
 
@@ -127,16 +128,6 @@ def check_target(path: Path, force: bool) -> None:
         raise ConfigError(f"directory {path.parent} does not exist")
 
 
-def _verify_and_write(fd: int, data: bytes | bytearray, expected: bytes, offset: int) -> bool:
-    if hashlib.sha256(data).digest() != expected:
-        return False
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-    return True
-
-
 def _post(
     queue: asyncio.Queue[tuple[int, int, asyncio.Future[Any]]],
     req: int,
@@ -144,17 +135,6 @@ def _post(
     fut: asyncio.Future[Any],
 ) -> None:
     queue.put_nowait((req, idx, fut))
-
-
-def _preallocate(fd: int, size: int) -> None:
-    """Reserve the whole file up front: a full disk fails now, not at 90 %."""
-    os.ftruncate(fd, size)
-    if size and hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as err:
-            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise
 
 
 class Fetch:
@@ -189,6 +169,7 @@ class Fetch:
         self.finished = asyncio.Event()
         self._verified_any = False
         self._starting: set[Address] = set()
+        self.reused = 0
 
     # -- entry point ------------------------------------------------------------------
     async def run(self) -> FetchResult:
@@ -212,7 +193,7 @@ class Fetch:
             target,
             time.perf_counter() - t0,
             self.downloaded,
-            0,
+            self.reused,
             dict(self.peers_bytes),
             sorted(f"{h}:{p}" for h, p in self.banned),
         )
@@ -276,32 +257,37 @@ class Fetch:
     async def _download(self, manifest: Manifest, target: Path) -> None:
         self.manifest = manifest
         n = manifest.chunk_count
-        self.picker: Picker[Address] = Picker(n)
         part = target.with_name(f".{target.name}.{self.mh.hex()[:16]}.part")
+        if part in self.s.active_parts:
+            raise ConfigError(f"{target} is already being fetched by this node")
+        self.s.active_parts.add(part)
         try:
-            fd = os.open(part, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as err:
-            raise StorageError(f"cannot create {part}: {err.strerror or err}") from err
-        self.fd = fd
-        held = bytearray(n)
-        self.entry = self.s.store.add_partial(manifest, part, held)
+            self.cf = cf = await asyncio.to_thread(ChunkFile.open, part, manifest)
+        except BaseException:
+            self.s.active_parts.discard(part)
+            raise
+        self.reused = cf.held_bytes()
+        if self.reused:
+            log.info("resuming %s: %d of %d chunks already verified", target, cf.held_count, n)
+        self.done_bytes = self.reused
+        self.picker: Picker[Address] = Picker(n, cf.held_indices())
+        self.entry = self.s.store.add_partial(manifest, part, cf.held)
         window = max(4, min(MAX_WINDOW, self.s.config.window_bytes // manifest.chunk_size))
         self.window = window
         try:
-            _preallocate(fd, manifest.size)
-            if n:
+            if not self.picker.complete:
                 await self._supervise()
             if self.fatal is not None:
                 raise self.fatal
-            await asyncio.to_thread(os.fsync, fd)
-            os.replace(part, target)
+            await asyncio.to_thread(cf.finish, target)
         except OSError as err:
             raise StorageError(
                 f"writing {part} failed: {err.strerror or err}; "
                 f"{self._held_count()} verified chunks are kept there"
             ) from err
         finally:
-            os.close(fd)
+            cf.close()
+            self.s.active_parts.discard(part)
             for task in self.workers.values():
                 task.cancel()
             for conn, req in list(self.requests.values()):
@@ -505,15 +491,13 @@ class Fetch:
 
     async def _store_chunk(self, idx: int, body: bytes | bytearray) -> bool:
         manifest = self.manifest
-        expected = manifest.chunk_hash(idx)
         if len(body) != manifest.chunk_length(idx):
             return False
-        offset = manifest.chunk_offset(idx)
         try:
             if len(body) <= INLINE_CHUNK:
-                ok = _verify_and_write(self.fd, body, expected, offset)
+                ok = self.cf.write_verified(idx, body)
             else:
-                ok = await asyncio.to_thread(_verify_and_write, self.fd, body, expected, offset)
+                ok = await asyncio.to_thread(self.cf.write_verified, idx, body)
         except OSError as err:
             self.fatal = StorageError(
                 f"cannot write {self.entry.path}: {err.strerror or err}; "
@@ -531,8 +515,6 @@ class Fetch:
             conn_req = self.requests.pop((peer, idx), None)
             if conn_req is not None:
                 conn_req[0].forget(conn_req[1])
-        assert self.entry.held is not None
-        self.entry.held[idx] = 1
         self.done_bytes += len(body)
         first = not self._verified_any
         self._verified_any = True

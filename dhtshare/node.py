@@ -69,6 +69,7 @@ class Node:
         self._announced: set[bytes] = set()
         self._inbound: set[Connection] = set()
         self.stopped = asyncio.Event()
+        self.active_parts: set[Path] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def __aenter__(self) -> Node:

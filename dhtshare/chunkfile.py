@@ -1,0 +1,143 @@
+"""A file filled chunk by chunk, with a journal of the chunks verified in it.
+
+Downloads and replica copies are written out of order, so next to the data
+file (``NAME``) lives ``NAME.have``: a short header naming the manifest, then
+one byte per chunk, set to 1 right after that chunk's verified bytes were
+written.  A download that is killed and rerun reads the journal and fetches
+only what is missing, without rehashing what it already has: every byte the
+journal vouches for was hashed before it was written.
+
+The journal byte is written after the data, so a killed process never leaves
+a chunk marked that was not fully written.  (After a power cut the page cache
+may lose data the journal still claims; ``finish`` syncs the data before the
+file is renamed into place, and the journal is removed with it.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+from dhtshare.errors import StorageError
+from dhtshare.manifest import Manifest
+
+MAGIC = b"DHTSHAVE1\n"
+
+
+def journal_path(path: Path) -> Path:
+    return path.with_name(path.name + ".have")
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve the whole file up front: a full disk fails now, not at 90 %."""
+    os.ftruncate(fd, size)
+    if size and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
+class ChunkFile:
+    """The data file and journal of one manifest being filled in."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.journal = journal_path(path)
+        self.held = bytearray(manifest.chunk_count)
+        self.fd = -1
+        self._jfd = -1
+
+    @classmethod
+    def open(cls, path: Path, manifest: Manifest) -> ChunkFile:
+        """Open (resuming when a matching journal exists) or create."""
+        cf = cls(path, manifest)
+        try:
+            cf._open()
+        except OSError as err:
+            cf.close()
+            raise StorageError(f"cannot open {path}: {err.strerror or err}") from err
+        return cf
+
+    def _open(self) -> None:
+        n = self.manifest.chunk_count
+        header = MAGIC + self.manifest.hash
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        resumed = False
+        if self.path.exists() and self.journal.exists():
+            with contextlib.suppress(OSError):
+                raw = self.journal.read_bytes()
+                body = raw[len(header) :]
+                if (
+                    raw.startswith(header)
+                    and len(body) == n
+                    and not body.translate(None, b"\x00\x01")
+                    and os.stat(self.path).st_size == self.manifest.size
+                ):
+                    self.held[:] = body
+                    resumed = True
+        self.fd = os.open(self.path, flags, 0o644)
+        self._jfd = os.open(self.journal, flags, 0o644)
+        if not resumed:
+            os.ftruncate(self._jfd, 0)
+            os.pwrite(self._jfd, header + bytes(n), 0)
+            _preallocate(self.fd, self.manifest.size)
+        self._base = len(header)
+
+    @property
+    def held_count(self) -> int:
+        return self.held.count(1)
+
+    def held_indices(self) -> list[int]:
+        return [i for i, b in enumerate(self.held) if b]
+
+    def held_bytes(self) -> int:
+        m = self.manifest
+        return sum(m.chunk_length(i) for i in self.held_indices())
+
+    def write_verified(self, index: int, data: bytes | bytearray) -> bool:
+        """Hash ``data``; if it is chunk ``index``, write it and journal it.
+
+        Runs in worker threads (hashlib and the syscalls release the GIL).
+        Returns False, writing nothing, when the hash does not match.
+        """
+        m = self.manifest
+        if len(data) != m.chunk_length(index):
+            return False
+        if hashlib.sha256(data).digest() != m.chunk_hash(index):
+            return False
+        view = memoryview(data)
+        offset = m.chunk_offset(index)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view, offset = view[n:], offset + n
+        os.pwrite(self._jfd, b"\x01", self._base + index)
+        self.held[index] = 1
+        return True
+
+    def finish(self, target: Path) -> None:
+        """Sync the complete file, move it to ``target`` and drop the journal."""
+        os.fsync(self.fd)
+        os.replace(self.path, target)
+        self.path = target
+        with contextlib.suppress(OSError):
+            os.unlink(self.journal)
+        self.close()
+
+    def close(self) -> None:
+        for fd in (self.fd, self._jfd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self._jfd = -1
+
+    def discard(self) -> None:
+        """Close and remove both files (an abandoned copy)."""
+        self.close()
+        for p in (self.path, self.journal):
+            with contextlib.suppress(OSError):
+                os.unlink(p)
