@@ -291,7 +291,7 @@ def test_token_rotation_with_the_real_clock() -> None:
     strict=True,
     reason="TokenIssuer._maybe_rotate rotates at most once per call however many "
     "periods have passed, so after an idle spell a token stays valid far longer than "
-    "two rotation periods (providers.py:205-209)",
+    "two rotation periods",
 )
 def test_token_expires_after_long_idle_period(clock: FakeClock) -> None:
     t = TokenIssuer(rotate=10)
@@ -370,7 +370,7 @@ def test_announcement_caps_ttl_and_drops_big_bitfields() -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="Announcement.to_wire sends round(ttl): a positive ttl below 0.5 s becomes 0 "
-    "and every DHT node refuses the announcement (providers.py:91, checked at :105)",
+    "and Announcement.from_wire (ttl > 0) refuses it at every DHT node",
 )
 def test_announcement_with_subsecond_ttl_survives_the_wire() -> None:
     a = Announcement(7000, 0.4, True)

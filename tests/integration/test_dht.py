@@ -1,0 +1,429 @@
+"""The DHT adapter (dhtshare.dht) in process: real UDP sockets on 127.0.0.1.
+
+Every test builds its own small network of :class:`~dhtshare.dht.Dht` nodes
+and stops all of them at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import pytest
+
+from dhtshare.dht import PROVIDERS_NS, Dht
+from dhtshare.ids import NODE_ID_LEN, dht_key
+from dhtshare.providers import Announcement, ProviderRecord
+from tests.conftest import LOOPBACK, free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+N = 10
+RPC_TIMEOUT = 0.5
+
+
+@dataclass
+class Peer:
+    dht: Dht
+    port: int
+
+    @property
+    def id(self) -> bytes:
+        return self.dht.node_id
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return (LOOPBACK, self.port)
+
+
+class Net:
+    """DHT nodes of one test; :meth:`close` stops every one of them."""
+
+    def __init__(self) -> None:
+        self.peers: list[Peer] = []
+
+    async def add(self, bootstrap: Iterable[tuple[str, int]] = ()) -> Peer:
+        for _ in range(20):
+            port = free_port()
+            dht = Dht(os.urandom(NODE_ID_LEN), timeout=RPC_TIMEOUT)
+            try:
+                await dht.listen(LOOPBACK, port)
+            except OSError:  # lost the race for the port: try another
+                dht.stop()
+                continue
+            peer = Peer(dht, port)
+            self.peers.append(peer)
+            break
+        else:
+            raise RuntimeError("no free port for a DHT node")
+        seeds = list(bootstrap)
+        if seeds:
+            answered = await asyncio.wait_for(peer.dht.bootstrap(seeds), 10)
+            assert answered == len(seeds)
+        return peer
+
+    async def start(self, n: int) -> list[Peer]:
+        first = await self.add()
+        for _ in range(n - 1):
+            await self.add([first.addr])
+        return self.peers
+
+    async def close(self) -> None:
+        for p in self.peers:
+            p.dht.stop()
+        # Let the transports' close callbacks run.
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def net() -> AsyncIterator[Net]:
+    n = Net()
+    try:
+        yield n
+    finally:
+        await n.close()
+
+
+async def announce(p: Peer, h: bytes, ann: Announcement) -> int:
+    return await asyncio.wait_for(p.dht.announce(h, ann), 15)
+
+
+async def find(p: Peer, h: bytes) -> dict[bytes, ProviderRecord]:
+    records = await asyncio.wait_for(p.dht.find_providers(h), 15)
+    out = {r.node_id: r for r in records}
+    assert len(out) == len(records)
+    return out
+
+
+def key_of(h: bytes) -> bytes:
+    return dht_key(PROVIDERS_NS, h)
+
+
+def closest_to(peers: Iterable[Peer], key: bytes) -> list[Peer]:
+    k = int.from_bytes(key, "big")
+    return sorted(peers, key=lambda p: int.from_bytes(p.id, "big") ^ k)
+
+
+# --- announce and look up --------------------------------------------------------------
+
+
+async def test_two_providers_are_unioned(net: Net) -> None:
+    peers = await net.start(N)
+    h = os.urandom(32)
+    a, b, asker = peers[3], peers[6], peers[9]
+    assert await announce(a, h, Announcement(a.port, 600, True)) > 0
+    assert await announce(b, h, Announcement(b.port, 600, False, b"\xf0")) > 0
+
+    found = await find(asker, h)
+    assert set(found) == {a.id, b.id}
+    assert found[a.id].address == (LOOPBACK, a.port)
+    assert found[a.id].complete is True
+    assert found[b.id].address == (LOOPBACK, b.port)
+    assert found[b.id].complete is False
+    assert found[b.id].bitfield == b"\xf0"
+    assert all(0 < r.ttl <= 600 for r in found.values())
+    # Every other node sees the same union, whichever node it starts from.
+    for p in peers:
+        if p not in (a, b):
+            assert set(await find(p, h)) == {a.id, b.id}
+    # An unrelated hash has no providers.
+    assert await find(asker, os.urandom(32)) == {}
+
+
+async def test_announce_is_stored_by_several_nodes(net: Net) -> None:
+    peers = await net.start(N)
+    h = os.urandom(32)
+    stored = await announce(peers[1], h, Announcement(peers[1].port, 600, True))
+    assert 1 < stored <= N - 1
+    holders = [p for p in peers if p is not peers[1] and p.dht.providers.get(key_of(h))]
+    assert len(holders) == stored
+
+
+async def test_a_node_does_not_find_itself(net: Net) -> None:
+    peers = await net.start(N)
+    h = os.urandom(32)
+    a, b = peers[2], peers[5]
+    assert await announce(a, h, Announcement(a.port, 600, True)) > 0
+    assert await find(a, h) == {}
+    assert await announce(b, h, Announcement(b.port, 600, True)) > 0
+    assert set(await find(a, h)) == {b.id}
+    assert set(await find(b, h)) == {a.id}
+
+
+async def test_provider_host_comes_from_the_packet(net: Net) -> None:
+    peers = await net.start(N)
+    h = os.urandom(32)
+    a = peers[4]
+    assert await announce(a, h, Announcement(a.port, 600, True)) > 0
+    for p in peers:
+        if p is not a:
+            for rec in p.dht.providers.get(key_of(h)):
+                assert rec.node_id == a.id
+                assert rec.host == LOOPBACK
+    assert (await find(peers[0], h))[a.id].host == LOOPBACK
+
+    # Directly: the announcement carries no host at all; the holder uses the
+    # address the datagram came from.
+    holder, sender = peers[7], peers[8]
+    key = key_of(os.urandom(32))
+    ok, reply = await sender.dht.protocol.get_providers(holder.addr, sender.id, key)
+    assert ok
+    records, nodes, token = reply
+    assert records == []
+    assert isinstance(nodes, list)
+    assert isinstance(token, bytes)
+    ok, reply = await sender.dht.protocol.add_provider(
+        holder.addr, sender.id, key, token, Announcement(4321, 600, True).to_wire()
+    )
+    assert (ok, reply) == (True, True)
+    (rec,) = holder.dht.providers.get(key)
+    assert (rec.node_id, rec.host, rec.port) == (sender.id, LOOPBACK, 4321)
+
+
+async def test_withdraw_removes_only_that_provider(net: Net) -> None:
+    peers = await net.start(N)
+    h = os.urandom(32)
+    a, b, asker = peers[1], peers[8], peers[4]
+    assert await announce(a, h, Announcement(a.port, 600, True)) > 0
+    assert await announce(b, h, Announcement(b.port, 600, True)) > 0
+    assert set(await find(asker, h)) == {a.id, b.id}
+
+    removed = await asyncio.wait_for(a.dht.withdraw(h), 15)
+    assert removed > 0
+    assert set(await find(asker, h)) == {b.id}
+    assert set(await find(a, h)) == {b.id}
+    for p in peers:
+        assert a.id not in {r.node_id for r in p.dht.providers.get(key_of(h))}
+    # Withdrawing again finds nothing left to remove.
+    assert await asyncio.wait_for(a.dht.withdraw(h), 15) == 0
+    assert set(await find(asker, h)) == {b.id}
+
+
+async def test_lookups_survive_stopped_nodes(net: Net) -> None:
+    peers = await net.start(N)
+    h = os.urandom(32)
+    key = key_of(h)
+    gone_provider = peers[2]
+    survivor = next(p for p in closest_to(peers, key) if p is not gone_provider)
+    assert await announce(gone_provider, h, Announcement(gone_provider.port, 600, True)) > 0
+    assert await announce(survivor, h, Announcement(survivor.port, 600, True)) > 0
+
+    # Stop one provider and the two holders closest to the key (not the survivor).
+    others = [p for p in closest_to(peers, key) if p not in (gone_provider, survivor)]
+    stopped = [gone_provider, *others[:2]]
+    for p in stopped:
+        p.dht.stop()
+    await asyncio.sleep(0)
+
+    for p in peers:
+        if p in stopped:
+            continue
+        t0 = time.monotonic()
+        found = await find(p, h)
+        elapsed = time.monotonic() - t0
+        if p is not survivor:
+            assert survivor.id in found, f"lookup from {p.port} lost the provider"
+            assert found[survivor.id].address == survivor.addr
+        assert elapsed < 10, f"lookup took {elapsed:.1f} s"
+    # And again, now that the dead are known to be dead.
+    for p in peers:
+        if p in stopped or p is survivor:
+            continue
+        t0 = time.monotonic()
+        assert survivor.id in await find(p, h)
+        assert time.monotonic() - t0 < 10
+
+
+async def test_short_ttl_record_expires(net: Net) -> None:
+    peers = await net.start(N)
+    h = os.urandom(32)
+    a, asker = peers[3], peers[7]
+    t0 = time.monotonic()
+    assert await announce(a, h, Announcement(a.port, 1, True)) > 0
+    found = await find(asker, h)
+    # Remaining ttls travel in whole seconds, so the record is visible for
+    # (at least) its first half second.
+    if time.monotonic() - t0 < 0.4:
+        assert set(found) == {a.id}
+        assert found[a.id].ttl <= 1
+    # Nobody re-announces: once the ttl has passed, the record is gone everywhere.
+    await asyncio.sleep(max(0.0, t0 + 1.1 - time.monotonic()))
+    assert await find(asker, h) == {}
+    for p in peers:
+        assert p.dht.providers.get(key_of(h)) == []
+    assert await find(peers[0], h) == {}
+
+
+# --- refused RPCs ----------------------------------------------------------------------
+
+
+async def test_add_provider_with_bad_token_is_refused(net: Net) -> None:
+    peers = await net.start(3)
+    holder, sender, third = peers
+    key = key_of(os.urandom(32))
+    wire = Announcement(sender.port, 600, True).to_wire()
+    proto = sender.dht.protocol
+
+    for bad in (b"badtoken", b"", b"\x00" * 8, "token", None, 12345):
+        ok, reply = await proto.add_provider(holder.addr, sender.id, key, bad, wire)
+        assert ok
+        assert reply is False
+    # A token is only good at the node that issued it.
+    _, reply = await proto.get_providers(third.addr, sender.id, key)
+    ok, reply = await proto.add_provider(holder.addr, sender.id, key, reply[2], wire)
+    assert (ok, reply) == (True, False)
+    # A good token with a malformed announcement or ids is refused too.
+    _, reply = await proto.get_providers(holder.addr, sender.id, key)
+    token = reply[2]
+    for args in (
+        (sender.id, key, token, [0, None, 60, True, b""]),
+        (sender.id, key, token, "announcement"),
+        (sender.id, key[:-1], token, wire),
+        (b"short", key, token, wire),
+    ):
+        ok, reply = await proto.add_provider(holder.addr, *args)
+        assert (ok, reply) == (True, False)
+    assert holder.dht.providers.get(key) == []
+    assert len(holder.dht.providers) == 0
+
+    # remove_provider needs a token as well.
+    ok, reply = await proto.add_provider(holder.addr, sender.id, key, token, wire)
+    assert (ok, reply) == (True, True)
+    ok, reply = await proto.remove_provider(holder.addr, sender.id, key, b"badtoken")
+    assert (ok, reply) == (True, False)
+    assert len(holder.dht.providers.get(key)) == 1
+    ok, reply = await proto.remove_provider(holder.addr, sender.id, key, token)
+    assert (ok, reply) == (True, True)
+    assert holder.dht.providers.get(key) == []
+
+
+async def test_stock_store_rpc_is_refused(net: Net) -> None:
+    holder, sender = await net.start(2)
+    key = key_of(os.urandom(32))
+    ok, reply = await sender.dht.protocol.store(holder.addr, sender.id, key, b"value")
+    assert ok
+    assert reply is False
+    assert holder.dht._server.storage.get(key) is None
+    assert len(holder.dht.providers) == 0
+
+
+# --- bootstrap -------------------------------------------------------------------------
+
+
+async def test_bootstrap_through_localhost_name(net: Net) -> None:
+    peers = await net.start(4)
+    h = os.urandom(32)
+    assert await announce(peers[1], h, Announcement(peers[1].port, 600, True)) > 0
+    newcomer = await net.add()
+    answered = await asyncio.wait_for(
+        newcomer.dht.bootstrap([("localhost", peers[0].port)]), 10
+    )
+    assert answered == 1
+    contacts = newcomer.dht.contacts()
+    assert {c[0] for c in contacts} >= {peers[0].id}
+    assert all(c[1] == LOOPBACK for c in contacts)
+    assert set(await find(newcomer, h)) == {peers[1].id}
+
+
+async def test_bootstrap_to_nothing_returns_zero(net: Net) -> None:
+    lonely = await net.add()
+    t0 = time.monotonic()
+    assert await asyncio.wait_for(lonely.dht.bootstrap([(LOOPBACK, free_port())]), 10) == 0
+    assert time.monotonic() - t0 < 5
+    assert lonely.dht.contacts() == []
+    assert await asyncio.wait_for(lonely.dht.bootstrap([]), 5) == 0
+
+
+# --- hostile datagrams -----------------------------------------------------------------
+
+
+def _request(payload: Any) -> bytes:
+    return b"\x00" + os.urandom(20) + msgpack.packb(payload, use_bin_type=True)
+
+
+def garbage_datagrams() -> list[bytes]:
+    ident = b"\x01" * NODE_ID_LEN
+    return [
+        os.urandom(200),
+        b"\x00" * 30,
+        b"\x00",
+        b"",
+        b"\x00" * 60000,
+        b"\x00" + os.urandom(20) + b"\xc1",  # never-used msgpack byte
+        b"\x00" + os.urandom(20) + b"\x91" * 5000,  # deeply nested arrays
+        b"\x00" + os.urandom(20) + b"\xdd\xff\xff\xff\xff",  # array32 claiming 4 G items
+        _request(["find_node", [1, 2]]),
+        _request(["find_node", [ident, "not a key"]]),
+        _request(["get_providers", [ident]]),
+        _request(["get_providers", [ident, 5]]),
+        _request(["add_provider", [ident, ident, b"tok", [1, 2, 3]]]),
+        _request(["remove_provider", [ident, ident, None]]),
+        _request(["ping", "abc"]),
+        _request(["ping", [None]]),
+        _request(["store", [ident, ident, b"v"]]),
+        _request(["__init__", []]),
+        _request([b"find_node", []]),
+        _request({"a": 1}),
+        _request([1, 2, 3]),
+        b"\x01" + os.urandom(20) + msgpack.packb([True, ident]),  # unsolicited answer
+        b"\x02" + os.urandom(40),
+    ]
+
+
+async def test_garbage_datagrams_do_not_break_a_node(net: Net) -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    old_handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    try:
+        peers = await net.start(4)
+        target, asker = peers[1], peers[3]
+        h = os.urandom(32)
+        assert await announce(target, h, Announcement(target.port, 600, True)) > 0
+        contacts_before = {c[2] for c in target.dht.contacts()}
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((LOOPBACK, 0))
+            for data in garbage_datagrams():
+                s.sendto(data, target.addr)
+            junk_port = s.getsockname()[1]
+            await asyncio.sleep(0.3)
+
+        ok, reply = await asker.dht.protocol.ping(target.addr, asker.id)
+        assert (ok, reply) == (True, target.id)
+        assert set(await find(asker, h)) == {target.id}
+        assert await announce(asker, h, Announcement(asker.port, 600, True)) > 0
+        assert set(await find(target, h)) == {asker.id}
+        # Garbage did not make it into the routing table.
+        ports = {c[2] for c in target.dht.contacts()}
+        assert junk_port not in ports
+        assert ports <= contacts_before | {p.port for p in peers}
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(old_handler)
+    assert errors == [], errors
+
+
+async def test_stop_is_idempotent_and_closes(net: Net) -> None:
+    a, b = await net.start(2)
+    a.dht.stop()
+    a.dht.stop()
+    await asyncio.sleep(0)
+    # A stopped node does not answer; the other node's RPC times out cleanly.
+    t0 = time.monotonic()
+    ok, _ = await b.dht.protocol.ping(a.addr, b.id)
+    assert not ok
+    assert time.monotonic() - t0 < 3
+    # Its port is free again.
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as s:
+        s.bind(a.addr)
