@@ -54,22 +54,26 @@ class ChunkFile:
         self._jfd = -1
 
     @classmethod
-    def open(cls, path: Path, manifest: Manifest) -> ChunkFile:
-        """Open (resuming when a matching journal exists) or create."""
+    def open(cls, path: Path, manifest: Manifest, preallocate: bool = True) -> ChunkFile:
+        """Open (resuming when a matching journal exists) or create.
+
+        ``preallocate`` reserves the whole file up front (downloads); replicas,
+        which may only ever hold some chunks, stay sparse.
+        """
         cf = cls(path, manifest)
         try:
-            cf._open()
+            cf._open(preallocate)
         except OSError as err:
             cf.close()
             raise StorageError(f"cannot open {path}: {err.strerror or err}") from err
         return cf
 
-    def _open(self) -> None:
+    def _open(self, preallocate: bool) -> None:
         n = self.manifest.chunk_count
         header = MAGIC + self.manifest.hash
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         resumed = False
-        if self.path.exists() and self.journal.exists():
+        if self.journal.exists() and self.path.exists():
             with contextlib.suppress(OSError):
                 raw = self.journal.read_bytes()
                 body = raw[len(header) :]
@@ -86,7 +90,10 @@ class ChunkFile:
         if not resumed:
             os.ftruncate(self._jfd, 0)
             os.pwrite(self._jfd, header + bytes(n), 0)
-            _preallocate(self.fd, self.manifest.size)
+            if preallocate:
+                _preallocate(self.fd, self.manifest.size)
+            else:
+                os.ftruncate(self.fd, self.manifest.size)
         self._base = len(header)
 
     @property

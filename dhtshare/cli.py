@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from dhtshare.errors import ConfigError, DhtshareError, NodeNotRunning
+from dhtshare.config import DEFAULT_REPLICAS
+from dhtshare.errors import ConfigError, DhtshareError, NodeNotRunning, ReplicationShort
 
 if TYPE_CHECKING:
     from dhtshare.config import Config
     from dhtshare.node import Node
+
 
 T = TypeVar("T")
 
@@ -63,6 +65,11 @@ AdvertiseOpt = Annotated[
     str | None,
     typer.Option("--advertise", help="Address other hosts should use to reach this node "
                  "(default: as peers see it).", show_default=False),
+]
+MaxStorageOpt = Annotated[
+    str,
+    typer.Option("--max-storage", help="Most replica data this node keeps for the network "
+                 "(bytes or K/M/G suffix; 0: no limit but the disk). A full node declines."),
 ]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the result.")]
@@ -123,9 +130,14 @@ def _config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, int], 
     env = os.environ
     kw: dict[str, Any] = {}
     for name, key in (("provider_ttl", "DHTSHARE_PROVIDER_TTL"),
-                      ("reannounce_interval", "DHTSHARE_REANNOUNCE")):
+                      ("reannounce_interval", "DHTSHARE_REANNOUNCE"),
+                      ("repair_interval", "DHTSHARE_REPAIR_INTERVAL"),
+                      ("handoff_timeout", "DHTSHARE_HANDOFF_TIMEOUT")):
         if key in env:
-            kw[name] = float(env[key])
+            try:
+                kw[name] = float(env[key])
+            except ValueError as err:
+                raise ConfigError(f"{key} must be a number of seconds") from err
     return Config(data_dir=data_dir, host=host, port=port, advertise=advertise, peers=peers,
                   join_timeout=join_timeout, **kw)
 
@@ -240,9 +252,17 @@ async def _with_node(config: Config, body: Callable[[Node], Awaitable[T]],
 
 
 def _serve(data_dir: Path | None, host: str, port: int, peers: tuple[tuple[str, int], ...],
-           advertise: str | None, verbose: int) -> None:
+           advertise: str | None, verbose: int, max_storage: str) -> None:
+    from dataclasses import replace
+
+    from dhtshare.netaddr import parse_size
+
     _setup_logging(verbose, logging.INFO)
-    config = _config(_data_dir(data_dir), host, port, peers, advertise, LONG_RUNNING_JOIN)
+    try:
+        config = _config(_data_dir(data_dir), host, port, peers, advertise, LONG_RUNNING_JOIN)
+        config = replace(config, max_storage=parse_size(max_storage))
+    except DhtshareError as err:
+        _fail(str(err), err.exit_code)
 
     async def main() -> None:
         from dhtshare.node import Node
@@ -261,13 +281,14 @@ def bootstrap(
     port: PortOpt = 7000,
     data_dir: DataDirOpt = None,
     advertise: AdvertiseOpt = None,
+    max_storage: MaxStorageOpt = "0",
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run the first node of a new network, in the foreground (Ctrl-C stops it).
 
     Other nodes join with 'dhtshare node --peer THIS_HOST:PORT'.
     """
-    _serve(data_dir, host, port, (), advertise, verbose)
+    _serve(data_dir, host, port, (), advertise, verbose, max_storage)
 
 
 @app.command()
@@ -277,6 +298,7 @@ def node(
     port: PortOpt = 7000,
     data_dir: DataDirOpt = None,
     advertise: AdvertiseOpt = None,
+    max_storage: MaxStorageOpt = "0",
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run a long-lived node that joins the network through --peer, in the foreground.
@@ -288,7 +310,7 @@ def node(
         peers = _peers(peer)
     except DhtshareError as err:
         _fail(str(err), err.exit_code)
-    _serve(data_dir, host, port, peers, advertise, verbose)
+    _serve(data_dir, host, port, peers, advertise, verbose, max_storage)
 
 
 @app.command()
@@ -300,6 +322,11 @@ def publish(
                                             "K/M suffix, 512 to 16M.")] = "1M",
     copy: Annotated[bool, typer.Option("--copy", help="Keep a copy in the data dir and serve "
                                        "that, instead of serving FILE where it is.")] = False,
+    replicas: Annotated[int | None, typer.Option(
+        "--replicas", help="Durable copies of every chunk to place on other nodes before "
+        f"returning [default: {DEFAULT_REPLICAS}, best effort]. Given explicitly, falling "
+        "short is an error (exit 3), and without a running node publish exits once they "
+        "are placed.", show_default=False)] = None,
     host: HostOpt = "",
     port: PortOpt = 0,
     json_out: JsonOpt = False,
@@ -308,8 +335,10 @@ def publish(
     """Share FILE: print its manifest hash (the last line of stdout).
 
     With a node running on the data dir, the node takes the file over and this
-    command returns.  Otherwise it joins through --peer and keeps serving in the
-    foreground until interrupted.  The file is served from where it is, not copied.
+    command returns once the file is announced and replicated.  Otherwise it
+    joins through --peer, replicates, and keeps serving in the foreground until
+    interrupted (or, with an explicit --replicas, exits: the copies serve it).
+    The file is served from where it is, not copied.
     """
     _setup_logging(verbose)
     from dhtshare.manifest import check_chunk_size
@@ -329,17 +358,29 @@ def publish(
     except DhtshareError as err:
         _fail(str(err), err.exit_code)
 
+    want = DEFAULT_REPLICAS if replicas is None else replicas
+    if not 0 <= want <= 64:
+        _fail("--replicas must be 0 to 64", 2)
+
     def show(result: dict[str, Any]) -> None:
+        reached = result["replicas"]["reached"]
         if json_out:
             print(json.dumps(result), flush=True)
         else:
+            copies = f", {reached} durable copies on other nodes" if want else ""
             print(f"published {result['name']} ({result['size']} bytes, {result['chunks']} "
-                  f"chunks) announced to {result['dht_stores']} DHT nodes", flush=True)
+                  f"chunks) announced to {result['dht_stores']} DHT nodes{copies}", flush=True)
             print(result["hash"], flush=True)
+        if reached < want:
+            msg = (f"only {reached} of {want} requested copies could be placed: not enough "
+                   "reachable nodes with room")
+            if replicas is not None:
+                raise ReplicationShort(msg)
+            print(f"dhtshare: warning: {msg}", file=sys.stderr, flush=True)
 
     async def main() -> None:
-        args = {"path": str(path), "chunk_size": size, "copy": copy}
-        with _Progress("hashing", not json_out) as bar:
+        args = {"path": str(path), "chunk_size": size, "copy": copy, "replicas": want}
+        with _Progress("publishing", not json_out) as bar:
             result = await _via_control(ddir, "publish", args, bar)
         if result is not None:
             show(result)
@@ -353,9 +394,11 @@ def publish(
         stop = _stop_on_signals()
 
         async def body(node: Node) -> None:
-            with _Progress("hashing", not json_out) as bar:
-                result = await node.publish(path, size, lambda _k, d: bar.update(d), copy)
+            with _Progress("publishing", not json_out) as bar:
+                result = await node.publish(path, size, lambda _k, d: bar.update(d), copy, want)
             show(result)
+            if replicas is not None and want > 0:
+                return  # the replicas serve it from now on
             print("serving until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
             await _wait_for_signal(node, stop)
 
@@ -428,6 +471,82 @@ def fetch(
         show(result)
 
     _run(main())
+
+
+def _node_op(data_dir: Path | None, op: str, args: dict[str, Any], label: str) -> dict[str, Any]:
+    """Run ``op`` on the node of the data dir (which must be running)."""
+    ddir = _data_dir(data_dir)
+
+    async def main() -> dict[str, Any]:
+        with _Progress(label, bool(label)) as bar:
+            result = await _via_control(ddir, op, args, bar)
+        if result is None:
+            raise NodeNotRunning(f"no dhtshare node is running on data dir {ddir}: "
+                                 "start one with 'dhtshare node'")
+        return result
+
+    return _run(main())
+
+
+def _checked_hash(text: str) -> str:
+    from dhtshare.ids import parse_manifest_hash
+
+    try:
+        return parse_manifest_hash(text).hex()
+    except DhtshareError as err:
+        _fail(str(err), err.exit_code)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+HashArg = Annotated[str, typer.Argument(metavar="HASH", help="Manifest hash.")]
+
+
+@app.command()
+def pin(
+    hash_: HashArg,
+    data_dir: DataDirOpt = None,
+    replicas: Annotated[int, typer.Option("--replicas", help="Copies the network should "
+                                          "keep, this one included.")] = DEFAULT_REPLICAS,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fetch a file into the node's store and keep it: it counts as a durable replica."""
+    _setup_logging(0)
+    result = _node_op(data_dir, "pin", {"hash": _checked_hash(hash_), "replicas": replicas},
+                      "pinning")
+    print(json.dumps(result) if json_out else f"pinned {result['name']} ({result['size']} "
+          f"bytes), keeping {result['replicas']} copies")
+
+
+@app.command()
+def unpin(hash_: HashArg, data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
+    """Let go of a pinned file: its chunks are copied to other nodes first, then dropped here."""
+    _setup_logging(0)
+    result = _node_op(data_dir, "unpin", {"hash": _checked_hash(hash_)}, "")
+    print(json.dumps(result) if json_out else f"unpinned {result['hash']}")
+
+
+@app.command()
+def remove(hash_: HashArg, data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
+    """Stop sharing a file.  A replica is handed off first; your own file is never deleted."""
+    _setup_logging(0)
+    result = _node_op(data_dir, "remove", {"hash": _checked_hash(hash_)}, "")
+    print(json.dumps(result) if json_out else f"no longer sharing {result['hash']}")
+
+
+@app.command()
+def holders(hash_: HashArg, data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
+    """Who has what: every live holder of a file and how many chunks each holds."""
+    _setup_logging(0)
+    result = _node_op(data_dir, "holders", {"hash": _checked_hash(hash_)}, "")
+    if json_out:
+        print(json.dumps(result))
+        return
+    print(f"{result['name']}: {result['chunks']} chunks, at least "
+          f"{result['durable_copies_min']} durable copies of each")
+    for x in result["holders"]:
+        kind = "replica" if x["durable"] else "copy"
+        print(f"  {x['address'] or 'this node':22} {x['node_id'][:16]}  {kind:8} "
+              f"{x['chunks_held']}/{result['chunks']} chunks")
 
 
 @app.command()

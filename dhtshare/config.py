@@ -17,6 +17,8 @@ GIB = 1024 * MIB
 PROTOCOL_VERSION = 1
 
 DEFAULT_CHUNK_SIZE = MIB
+#: Durable copies of each chunk that publish makes on other nodes by default.
+DEFAULT_REPLICAS = 2
 MIN_CHUNK_SIZE = 512
 MAX_CHUNK_SIZE = 16 * MIB
 
@@ -67,4 +69,10 @@ class Config:
     max_fetch_peers: int = 16
     #: Bytes requested but not yet received from one peer.
     window_bytes: int = 16 * MIB
+    #: Bytes of replica data this node keeps for others (0: no limit but the disk).
+    max_storage: int = 0
+    #: Seconds between checks that replicated chunks still have enough holders.
+    repair_interval: float = 300.0
+    #: Longest a stopping node spends handing off chunks before it exits.
+    handoff_timeout: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)

@@ -388,6 +388,14 @@ class Dht:
         )
         return sum(1 for ok, reply in results if ok and reply is True)
 
+    async def nodes_near(self, key: bytes) -> list[tuple[bytes, Address]]:
+        """Live nodes closest to ``key`` (a lookup) plus every routing-table contact."""
+        closest, _ = await self._lookup(key[:NODE_ID_LEN], "find_node")
+        found = {n.id: (n.ip, n.port) for n, _token in closest}
+        for nid, ip, port in self.contacts():
+            found.setdefault(nid, (ip, port))
+        return list(found.items())
+
     async def find_providers(self, content_hash: bytes) -> list[ProviderRecord]:
         """Every live provider the closest nodes know of (ours excluded)."""
         key = dht_key(PROVIDERS_NS, content_hash)

@@ -74,5 +74,11 @@ class NodeNotRunning(DhtshareError):
     """No node answers on the control socket of this data dir."""
 
 
+class ReplicationShort(DhtshareError):
+    """Fewer durable copies than asked for could be placed."""
+
+    exit_code = 3
+
+
 class StorageError(DhtshareError):
     """Reading or writing local files failed (disk full, permissions, missing file)."""

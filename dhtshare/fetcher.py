@@ -128,6 +128,14 @@ def check_target(path: Path, force: bool) -> None:
         raise ConfigError(f"directory {path.parent} does not exist")
 
 
+def _copy_held(src: Entry, dst: ChunkFile) -> None:
+    """Copy (and verify) the chunks ``src`` holds that ``dst`` lacks."""
+    for i in src.held_indices():
+        if not dst.held[i]:
+            with contextlib.suppress(OSError, DhtshareError):
+                dst.write_verified(i, src.read_chunk(i))
+
+
 def _post(
     queue: asyncio.Queue[tuple[int, int, asyncio.Future[Any]]],
     req: int,
@@ -184,7 +192,7 @@ class Fetch:
         local = self.s.store.get(self.mh)
         if local is not None and local.complete:
             await asyncio.to_thread(self._copy_local, local, target)
-            self.s.store.add_complete(manifest, target)
+            self.s.store.add_complete(manifest, target, "fetched")
             elapsed = time.perf_counter() - t0
             return FetchResult(manifest, target, elapsed, 0, manifest.size, {}, [])
         await self._download(manifest, target)
@@ -197,6 +205,10 @@ class Fetch:
             dict(self.peers_bytes),
             sorted(f"{h}:{p}" for h, p in self.banned),
         )
+
+    async def manifest_only(self) -> Manifest:
+        """The verified manifest, from this node or the network (no download)."""
+        return await self._get_manifest()
 
     # -- manifest -----------------------------------------------------------------------
     async def _lookup(self) -> list[ProviderRecord]:
@@ -266,12 +278,17 @@ class Fetch:
         except BaseException:
             self.s.active_parts.discard(part)
             raise
-        self.reused = cf.held_bytes()
-        if self.reused:
+        if cf.held_count:
             log.info("resuming %s: %d of %d chunks already verified", target, cf.held_count, n)
+        replica = self.s.store.get(self.mh)
+        if replica is not None and replica.durable:
+            # This node keeps some chunks for the network: copy those, don't download them.
+            await asyncio.to_thread(_copy_held, replica, cf)
+        self.reused = cf.held_bytes()
         self.done_bytes = self.reused
         self.picker: Picker[Address] = Picker(n, cf.held_indices())
         self.entry = self.s.store.add_partial(manifest, part, cf.held)
+        own_entry = self.entry.cf is None and not self.entry.durable
         window = max(4, min(MAX_WINDOW, self.s.config.window_bytes // manifest.chunk_size))
         self.window = window
         try:
@@ -297,10 +314,10 @@ class Fetch:
                     conn_ = self.s.pool._conns.get(addr)
                     if conn_ is not None:
                         conn_.have_listeners.pop(self.mh, None)
-            if self.s.store.entries.get(self.mh) is self.entry:
+            if own_entry and self.s.store.entries.get(self.mh) is self.entry:
                 self.s.store.entries.pop(self.mh, None)
                 self.entry.close()
-        self.s.store.add_complete(manifest, target)
+        self.s.store.add_complete(manifest, target, "fetched")
 
     def _held_count(self) -> int:
         return self.manifest.chunk_count - self.picker.missing

@@ -25,6 +25,8 @@ MAX_REQ_ID = 2**32 - 1
 MAX_TEXT = 4096
 #: HAVE updates are batched; one message names at most this many chunks.
 MAX_HAVE_BATCH = 4096
+MAX_REPLICAS = 64
+MAX_MANIFEST_BODY = MAX_CHUNKS * HASH_LEN + 1024
 
 
 class MsgType(IntEnum):
@@ -38,6 +40,9 @@ class MsgType(IntEnum):
     HAVE = 8
     HAVE_UPDATE = 9
     CANCEL = 10
+    PUT_MANIFEST = 11
+    PUT_CHUNK = 12
+    OK = 13
     CONTROL = 32
     CONTROL_EVENT = 33
 
@@ -46,6 +51,8 @@ class ErrorCode(IntEnum):
     INTERNAL = 1
     BUSY = 2
     BAD_REQUEST = 3
+    #: The node's --max-storage (or its disk) has no room: ask another node.
+    FULL = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +120,17 @@ class Have:
     """Answer to GetHave: ``complete`` or a bitfield (bit i set: chunk i held).
 
     The bitfield travels as the frame body: for millions of chunks it is far
-    larger than a header may be.
+    larger than a header may be.  ``durable`` says the holder keeps its copy
+    as a replica (it counts towards the file's replication factor,
+    ``replicas``); a copy that was merely downloaded does not.
     """
 
     TYPE: ClassVar[MsgType] = MsgType.HAVE
     req: int
     complete: bool
     bitfield: bytes = b""
+    durable: bool = False
+    replicas: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +140,41 @@ class HaveUpdate:
     TYPE: ClassVar[MsgType] = MsgType.HAVE_UPDATE
     manifest: bytes
     indices: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PutManifest:
+    """Ask a node to keep a replica of a file; the manifest is the body.
+
+    The node answers OK once it holds the manifest and has announced itself
+    as a provider, or ERROR FULL.  ``replicas`` is the file's replication
+    factor, which the holder then helps maintain.
+    """
+
+    TYPE: ClassVar[MsgType] = MsgType.PUT_MANIFEST
+    req: int
+    manifest: bytes
+    replicas: int
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class PutChunk:
+    """Hand a node chunk ``index`` of a manifest it replicates; the chunk is the body."""
+
+    TYPE: ClassVar[MsgType] = MsgType.PUT_CHUNK
+    req: int
+    manifest: bytes
+    index: int
+    chunk: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """A PUT was verified and stored."""
+
+    TYPE: ClassVar[MsgType] = MsgType.OK
+    req: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +214,9 @@ Message: TypeAlias = (
     | Have
     | HaveUpdate
     | Cancel
+    | PutManifest
+    | PutChunk
+    | Ok
     | Control
     | ControlEvent
 )
@@ -183,14 +232,18 @@ def encode(msg: Message) -> bytes:
             fields = [msg.req, msg.manifest]
         case GetChunk():
             fields = [msg.req, msg.manifest, msg.index, msg.chunk]
-        case Data() | NotFound() | Cancel():
+        case Data() | NotFound() | Cancel() | Ok():
             fields = [msg.req]
         case Error():
             fields = [msg.req, msg.code, msg.message[:MAX_TEXT]]
         case GetHave():
             fields = [msg.req, msg.manifest]
         case Have():
-            fields = [msg.req, msg.complete]
+            fields = [msg.req, msg.complete, msg.durable, msg.replicas]
+        case PutManifest():
+            fields = [msg.req, msg.manifest, msg.replicas]
+        case PutChunk():
+            fields = [msg.req, msg.manifest, msg.index, msg.chunk]
         case HaveUpdate():
             fields = [msg.manifest, list(msg.indices)]
         case Control():
@@ -242,12 +295,16 @@ def _arity(fields: list[Any], n: int, name: str) -> None:
 
 
 def payload(msg: Message) -> bytes:
-    """The frame body a message carries besides its header (HAVE's bitfield).
+    """The frame body a message carries besides its header (HAVE's bitfield, a manifest).
 
     DATA's payload is not here: it is passed next to the message so that large
     chunks are written from where they already are, never copied into one.
     """
-    return msg.bitfield if isinstance(msg, Have) else b""
+    if isinstance(msg, Have):
+        return msg.bitfield
+    if isinstance(msg, PutManifest):
+        return msg.body
+    return b""
 
 
 def decode(header: bytes | bytearray, body: bytes | bytearray = b"") -> Message:
@@ -274,7 +331,7 @@ def decode(header: bytes | bytearray, body: bytes | bytearray = b"") -> Message:
         raise RemoteProtocolError(f"unknown message type {obj[0]!r}") from err
     f = obj[1:]
     _arity(f, _ARITY[mtype], mtype.name)
-    if body and mtype not in (MsgType.DATA, MsgType.HAVE):
+    if body and mtype not in _BODIES:
         raise RemoteProtocolError(f"{mtype.name} must not carry a body")
     match mtype:
         case MsgType.HELLO:
@@ -298,11 +355,22 @@ def decode(header: bytes | bytearray, body: bytes | bytearray = b"") -> Message:
         case MsgType.GET_HAVE:
             return GetHave(_req(f[0]), _hash(f[1]))
         case MsgType.HAVE:
-            if not isinstance(f[1], bool):
-                raise RemoteProtocolError("bad HAVE completeness flag")
+            if not isinstance(f[1], bool) or not isinstance(f[2], bool):
+                raise RemoteProtocolError("bad HAVE flags")
             if len(body) > MAX_CHUNKS // 8 + 1 or (f[1] and body):
                 raise RemoteProtocolError("bad HAVE bitfield")
-            return Have(_req(f[0]), f[1], bytes(body))
+            replicas = _int(f[3], 0, MAX_REPLICAS, "replicas")
+            return Have(_req(f[0]), f[1], bytes(body), f[2], replicas)
+        case MsgType.PUT_MANIFEST:
+            if len(body) > MAX_MANIFEST_BODY:
+                raise RemoteProtocolError("manifest body too large")
+            replicas = _int(f[2], 0, MAX_REPLICAS, "replicas")
+            return PutManifest(_req(f[0]), _hash(f[1]), replicas, bytes(body))
+        case MsgType.PUT_CHUNK:
+            index = _int(f[2], 0, MAX_CHUNKS - 1, "index")
+            return PutChunk(_req(f[0]), _hash(f[1]), index, _hash(f[3]))
+        case MsgType.OK:
+            return Ok(_req(f[0]))
         case MsgType.HAVE_UPDATE:
             idx = f[1]
             if not isinstance(idx, list) or len(idx) > MAX_HAVE_BATCH:
@@ -325,12 +393,19 @@ _ARITY = {
     MsgType.NOT_FOUND: 1,
     MsgType.ERROR: 3,
     MsgType.GET_HAVE: 2,
-    MsgType.HAVE: 2,
+    MsgType.HAVE: 4,
+    MsgType.PUT_MANIFEST: 3,
+    MsgType.PUT_CHUNK: 4,
+    MsgType.OK: 1,
     MsgType.HAVE_UPDATE: 2,
     MsgType.CANCEL: 1,
     MsgType.CONTROL: 3,
     MsgType.CONTROL_EVENT: 3,
 }
+
+
+#: Messages whose frame may carry a body (PUT_CHUNK's is the chunk, kept uncopied).
+_BODIES = frozenset({MsgType.DATA, MsgType.HAVE, MsgType.PUT_MANIFEST, MsgType.PUT_CHUNK})
 
 
 # --- bitfields -----------------------------------------------------------------------

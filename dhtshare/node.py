@@ -13,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import random
 import stat
 import time
 from pathlib import Path
@@ -21,16 +22,23 @@ from typing import Any
 
 import msgpack
 
-from dhtshare.config import Config
+from dhtshare.config import DEFAULT_REPLICAS, Config
 from dhtshare.control import ControlServer, Emit, socket_path
 from dhtshare.dht import Dht, require_contacts
-from dhtshare.errors import ConfigError, DhtshareError, StorageError
+from dhtshare.errors import (
+    ConfigError,
+    DhtshareError,
+    NotFoundError,
+    ReplicationShort,
+    StorageError,
+)
 from dhtshare.fetcher import Fetch, FetchResult
 from dhtshare.ids import NODE_ID_LEN, ManifestHash, new_node_id, parse_manifest_hash, short
 from dhtshare.manifest import Manifest, check_chunk_size, hash_file
 from dhtshare.messages import Hello, bitfield_from_indices
 from dhtshare.peers import PeerPool
 from dhtshare.providers import MAX_DHT_BITFIELD, Announcement, ProviderRecord
+from dhtshare.replication import Replicator, holders_per_chunk
 from dhtshare.server import ChunkServer
 from dhtshare.store import ContentStore
 from dhtshare.transport import Connection, make_hello
@@ -49,6 +57,7 @@ class DataDirBusy(DhtshareError):
     """Another node process owns this data dir."""
 
 
+
 class Node:
     """A dhtshare node."""
 
@@ -56,8 +65,9 @@ class Node:
         self.config = config
         self.data_dir = config.data_dir
         self.node_id = b""
-        self.store = ContentStore(self.data_dir)
-        self.server = ChunkServer(self.store)
+        self.store = ContentStore(self.data_dir, config.max_storage)
+        self.server = ChunkServer(self.store, self.announce)
+        self.replicator = Replicator(self)
         self.port = 0
         self.dht: Dht | None = None
         self._tcp: asyncio.Server | None = None
@@ -102,12 +112,15 @@ class Node:
         await self._join()
         self._control = ControlServer(
             socket_path(self.data_dir),
-            {"publish": self._op_publish, "fetch": self._op_fetch, "status": self._op_status},
+            {"publish": self._op_publish, "fetch": self._op_fetch, "status": self._op_status,
+             "pin": self._op_pin, "unpin": self._op_unpin, "remove": self._op_remove,
+             "holders": self._op_holders},
         )
         await self._control.start()
         self._write_info()
         self.spawn(self._announce_all())
         self.spawn(self._maintenance())
+        self.spawn(self._repair_loop())
 
     async def stop(self, withdraw: bool = True) -> None:
         """Withdraw our records (bounded in time), then close everything."""
@@ -118,6 +131,8 @@ class Node:
             await self._control.stop()
         for task in list(self._tasks):
             task.cancel()
+        if withdraw and self.dht is not None:
+            await self._hand_off_all()
         if withdraw and self.dht is not None and self._announced:
             with contextlib.suppress(TimeoutError, Exception):
                 async with asyncio.timeout(WITHDRAW_TIMEOUT):
@@ -310,6 +325,40 @@ class Node:
             self.store.save()
             await self._announce_all()
 
+    async def live_nodes(self, near: bytes) -> list[tuple[bytes, tuple[str, int]]]:
+        """Nodes to place replicas on: the closest to ``near`` plus our contacts."""
+        assert self.dht is not None
+        return await self.dht.nodes_near(near)
+
+    async def _repair_loop(self) -> None:
+        """Every ``repair_interval`` (with jitter), check each replicated file."""
+        interval = self.config.repair_interval
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            for h, entry in list(self.store.entries.items()):
+                if entry.replicas <= 0 or self.store.entries.get(h) is not entry:
+                    continue
+                if not (entry.durable or entry.complete):
+                    continue
+                try:
+                    await self.replicator.repair(entry)
+                except DhtshareError as err:
+                    log.warning("repair of %s failed: %s", short(h), err)
+
+    async def _hand_off_all(self) -> None:
+        """On the way out: copy chunks we are among the last N holders of (bounded)."""
+        durable = [e for e in self.store.entries.values() if e.durable and e.replicas > 0]
+        if not durable:
+            return
+        try:
+            async with asyncio.timeout(self.config.handoff_timeout):
+                for entry in durable:
+                    await self.replicator.hand_off(entry)
+        except TimeoutError:
+            log.warning("hand-off did not finish within %.0f s", self.config.handoff_timeout)
+        except DhtshareError as err:
+            log.warning("hand-off failed: %s", err)
+
     async def find_providers(self, h: bytes) -> list[ProviderRecord]:
         assert self.dht is not None
         return await self.dht.find_providers(h)
@@ -321,7 +370,12 @@ class Node:
 
     # -- operations ------------------------------------------------------------------------
     async def publish(
-        self, path: Path, chunk_size: int, emit: Emit | None = None, copy: bool = False
+        self,
+        path: Path,
+        chunk_size: int,
+        emit: Emit | None = None,
+        copy: bool = False,
+        replicas: int = 0,
     ) -> dict[str, Any]:
         """Hash ``path``, hold it and announce it.
 
@@ -361,8 +415,17 @@ class Node:
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
             raise StorageError(f"{path} changed while it was being published; try again")
         hashed = time.perf_counter() - t0
-        self.store.add_complete(manifest, path)
+        entry = self.store.add_complete(manifest, path, "published", replicas)
         stores = await self.announce(manifest.hash)
+        reached = 0
+        if replicas > 0:
+            if emit is not None:
+                emit("progress", {"done": 0, "total": manifest.size * replicas,
+                                  "stage": "replicating"})
+            placement = await self.replicator.replicate_new(entry, replicas)
+            n = manifest.chunk_count
+            reached = (min(placement.placed.get(i, 0) for i in range(n)) if n
+                       else len(placement.targets))
         return {
             "hash": manifest.hash.hex(),
             "name": manifest.name,
@@ -371,6 +434,7 @@ class Node:
             "chunk_size": manifest.chunk_size,
             "chunks": manifest.chunk_count,
             "dht_stores": stores,
+            "replicas": {"requested": replicas, "reached": reached},
             "hash_seconds": round(hashed, 4),
             "elapsed": round(time.perf_counter() - t0, 4),
         }
@@ -395,7 +459,10 @@ class Node:
         path, chunk_size = args.get("path"), args.get("chunk_size")
         if not isinstance(path, str) or not isinstance(chunk_size, int):
             raise ConfigError("publish needs a path and a chunk size")
-        return await self.publish(Path(path), chunk_size, emit, bool(args.get("copy")))
+        replicas = args.get("replicas", 0)
+        if not isinstance(replicas, int) or not 0 <= replicas <= 64:
+            raise ConfigError("replicas must be 0 to 64")
+        return await self.publish(Path(path), chunk_size, emit, bool(args.get("copy")), replicas)
 
     async def _op_fetch(self, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
         h = parse_manifest_hash(str(args.get("hash", "")))
@@ -417,8 +484,98 @@ class Node:
             "contacts": len(self.dht.contacts()),
             "content": [
                 {"hash": h.hex(), "name": e.manifest.name, "size": e.manifest.size,
-                 "complete": e.complete, "path": str(e.path)}
+                 "kind": e.kind, "durable": e.durable, "replicas": e.replicas,
+                 "complete": e.complete, "chunks": e.manifest.chunk_count,
+                 "chunks_held": e.held_count(), "path": str(e.path)}
                 for h, e in self.store.entries.items()
             ],
+            "replica_bytes": self.store.replica_bytes(),
+            "max_storage": self.store.max_storage,
             "bytes_served": self.server.bytes_served,
+            "bytes_stored": self.server.bytes_stored,
         }
+
+    def _hash_arg(self, args: dict[str, Any]) -> ManifestHash:
+        return parse_manifest_hash(str(args.get("hash", "")))
+
+    async def _op_holders(self, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        """Who holds which chunks of a file, asked of every provider directly."""
+        h = self._hash_arg(args)
+        manifest = await Fetch(self, h, None, self.data_dir).manifest_only()
+        entry = self.store.get(h)
+        holders = await self.replicator.survey_hash(manifest, entry)
+        counts = holders_per_chunk(holders, manifest.chunk_count)
+        return {
+            "hash": h.hex(),
+            "name": manifest.name,
+            "chunks": manifest.chunk_count,
+            "holders": [
+                {"node_id": x.node_id.hex(), "address": f"{x.address[0]}:{x.address[1]}",
+                 "durable": x.durable,
+                 "chunks_held": manifest.chunk_count if x.held is None else len(x.held)}
+                for x in holders
+            ],
+            "durable_copies_min": min(counts) if counts else 0,
+            "durable_copies": counts if len(counts) <= 4096 else [],
+        }
+
+    async def _op_pin(self, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        """Fetch a file into the replica store and keep it as a durable copy."""
+        h = self._hash_arg(args)
+        replicas = args.get("replicas") or DEFAULT_REPLICAS
+        if not isinstance(replicas, int) or not 1 <= replicas <= 64:
+            raise ConfigError("replicas must be 1 to 64")
+        entry = self.store.get(h)
+        if entry is None or not entry.durable or not entry.complete:
+            if entry is not None and entry.durable:
+                self.store.drop(h)  # a partial replica: fetch it whole
+            self.store.replica_dir.mkdir(parents=True, exist_ok=True)
+            target = self.store.replica_path(h)
+
+            def progress(done: int, total: int) -> None:
+                emit("progress", {"done": done, "total": total})
+
+            await Fetch(self, h, target, self.data_dir, True, progress).run()
+            entry = self.store.adopt_replica(h, target, replicas)
+        else:
+            entry.replicas = max(entry.replicas, replicas)
+            self.store.save()
+        await self.announce(h)
+        return {"hash": h.hex(), "name": entry.manifest.name, "size": entry.manifest.size,
+                "pinned": True, "replicas": entry.replicas}
+
+    async def _op_unpin(self, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        """Hand this node's copy over to others, then drop it."""
+        h = self._hash_arg(args)
+        entry = self.store.get(h)
+        if entry is None or not entry.durable:
+            raise NotFoundError(f"{h.hex()} is not pinned on this node")
+        placement = await self.replicator.hand_off(entry)
+        if placement.short:
+            raise ReplicationShort(
+                f"only found room elsewhere for part of {entry.manifest.name}: "
+                f"{len(placement.short)} chunks would fall below {entry.replicas} copies; "
+                "keeping the local copy"
+            )
+        self.store.drop(h)
+        await self._withdraw(h)
+        return {"hash": h.hex(), "pinned": False, "handed_off": len(placement.placed)}
+
+    async def _op_remove(self, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        """Stop sharing a file (a replica is handed off first; a user's file is kept)."""
+        h = self._hash_arg(args)
+        entry = self.store.get(h)
+        if entry is None:
+            raise NotFoundError(f"{h.hex()} is not held by this node")
+        if entry.durable:
+            return await self._op_unpin(args, emit)
+        self.store.drop(h)
+        await self._withdraw(h)
+        return {"hash": h.hex(), "removed": True, "path": str(entry.path)}
+
+    async def _withdraw(self, h: bytes) -> None:
+        self._announced.discard(h)
+        if self.dht is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WITHDRAW_TIMEOUT):
+                    await self.dht.withdraw(h)

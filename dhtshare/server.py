@@ -3,8 +3,13 @@
 Each connection's requests are served in arrival order by one task per
 connection, with back-pressure: the next chunk is read only once the socket
 has taken most of the previous ones, so a slow or greedy peer costs a bounded
-amount of memory.  Large reads run in a worker thread so the event loop keeps
-serving everyone else while the disk works.
+amount of memory.  Large reads, hashes and writes run in worker threads so
+the event loop keeps serving everyone else while the disk works.
+
+Besides serving, a node accepts replicas (``PUT_MANIFEST``/``PUT_CHUNK``):
+it verifies the manifest against its hash and every chunk against the
+manifest before keeping them, and declines with ``FULL`` when
+``--max-storage`` or the disk has no room.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 from dhtshare import messages as m
-from dhtshare.config import KIB
-from dhtshare.store import ContentStore
+from dhtshare.config import KIB, MIB
+from dhtshare.errors import DhtshareError, StorageError
+from dhtshare.manifest import Manifest
+from dhtshare.store import ContentStore, StorageFull
 from dhtshare.transport import Connection
 
 log = logging.getLogger(__name__)
@@ -23,31 +31,38 @@ log = logging.getLogger(__name__)
 #: Reads up to this size are done inline: a thread hop costs more than the read.
 INLINE_READ = 64 * KIB
 HAVE_FLUSH_DELAY = 0.02
+#: Bytes of pushed chunks one connection may have queued with us.
+MAX_QUEUED_BYTES = 64 * MIB
+
+Announce = Callable[[bytes], Awaitable[int]]
 
 
 class _Queue:
     """Per-connection request queue served by one task."""
 
     def __init__(self) -> None:
-        self.items: deque[m.Message] = deque()
+        self.items: deque[tuple[m.Message, bytes | bytearray]] = deque()
         self.cancelled: set[int] = set()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.queued_bytes = 0
 
 
 class ChunkServer:
     """The :class:`~dhtshare.transport.Handler` for every peer connection."""
 
-    def __init__(self, store: ContentStore) -> None:
+    def __init__(self, store: ContentStore, announce: Announce | None = None) -> None:
         self.store = store
+        self.announce = announce
         self._queues: dict[Connection, _Queue] = {}
         self._subscribers: dict[bytes, set[Connection]] = {}
         self._have_pending: dict[bytes, list[int]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self.bytes_served = 0
+        self.bytes_stored = 0
 
     # -- Handler protocol ---------------------------------------------------------
-    def handle(self, conn: Connection, msg: m.Message) -> None:
+    def handle(self, conn: Connection, msg: m.Message, body: bytes | bytearray) -> None:
         q = self._queues.get(conn)
         if q is None:
             q = self._queues[conn] = _Queue()
@@ -55,7 +70,11 @@ class ChunkServer:
         if isinstance(msg, m.Cancel):
             q.cancelled.add(msg.req)
             return
-        q.items.append(msg)
+        q.queued_bytes += len(body)
+        if q.queued_bytes > MAX_QUEUED_BYTES:
+            conn.abort("pushed more data than it waited for")
+            return
+        q.items.append((msg, body))
         q.wakeup.set()
 
     def closed(self, conn: Connection) -> None:
@@ -73,13 +92,14 @@ class ChunkServer:
                     q.wakeup.clear()
                     await q.wakeup.wait()
                     continue
-                msg = q.items.popleft()
+                msg, body = q.items.popleft()
                 conn.incoming -= 1
+                q.queued_bytes -= len(body)
                 req = getattr(msg, "req", -1)
                 if req in q.cancelled:
                     q.cancelled.discard(req)
                     continue
-                await self._answer(conn, msg)
+                await self._answer(conn, msg, body)
                 await conn.drain()
         except asyncio.CancelledError:
             pass
@@ -87,7 +107,7 @@ class ChunkServer:
             log.exception("error serving %s", conn.label)
             conn.abort("internal error")
 
-    async def _answer(self, conn: Connection, msg: m.Message) -> None:
+    async def _answer(self, conn: Connection, msg: m.Message, body: bytes | bytearray) -> None:
         match msg:
             case m.GetManifest(req=req, manifest=h):
                 entry = self.store.get(h)
@@ -96,25 +116,7 @@ class ChunkServer:
                 else:
                     conn.send(m.Data(req), entry.manifest.encode())
             case m.GetChunk(req=req, manifest=h, index=index, chunk=chunk):
-                entry = self.store.get(h)
-                if (
-                    entry is None
-                    or not entry.has(index)
-                    or entry.manifest.chunk_hash(index) != chunk
-                ):
-                    conn.send(m.NotFound(req))
-                    return
-                try:
-                    if entry.manifest.chunk_length(index) <= INLINE_READ:
-                        data = entry.read_chunk(index)
-                    else:
-                        data = await asyncio.to_thread(entry.read_chunk, index)
-                except OSError as err:
-                    log.warning("cannot read chunk %d of %s: %s", index, entry.path, err)
-                    conn.send(m.Error(req, m.ErrorCode.INTERNAL, "chunk unreadable"))
-                    return
-                self.bytes_served += len(data)
-                conn.send(m.Data(req), data)
+                await self._get_chunk(conn, req, h, index, chunk)
             case m.GetHave(req=req, manifest=h):
                 entry = self.store.get(h)
                 if entry is None:
@@ -122,10 +124,92 @@ class ChunkServer:
                     return
                 self._subscribers.setdefault(h, set()).add(conn)
                 if entry.complete:
-                    conn.send(m.Have(req, True))
+                    conn.send(m.Have(req, True, b"", entry.durable, entry.replicas))
                 else:
                     n = entry.manifest.chunk_count
-                    conn.send(m.Have(req, False, m.bitfield_from_indices(n, entry.held_indices())))
+                    bits = m.bitfield_from_indices(n, entry.held_indices())
+                    conn.send(m.Have(req, False, bits, entry.durable, entry.replicas))
+            case m.PutManifest():
+                await self._put_manifest(conn, msg)
+            case m.PutChunk():
+                await self._put_chunk(conn, msg, body)
+
+    async def _get_chunk(
+        self, conn: Connection, req: int, h: bytes, index: int, chunk: bytes
+    ) -> None:
+        entry = self.store.get(h)
+        if entry is None or not entry.has(index) or entry.manifest.chunk_hash(index) != chunk:
+            conn.send(m.NotFound(req))
+            return
+        try:
+            if entry.manifest.chunk_length(index) <= INLINE_READ:
+                data = entry.read_chunk(index)
+            else:
+                data = await asyncio.to_thread(entry.read_chunk, index)
+        except (OSError, StorageError) as err:
+            log.warning("cannot read chunk %d of %s: %s", index, entry.path, err)
+            conn.send(m.Error(req, m.ErrorCode.INTERNAL, "chunk unreadable"))
+            return
+        self.bytes_served += len(data)
+        conn.send(m.Data(req), data)
+
+    async def _put_manifest(self, conn: Connection, msg: m.PutManifest) -> None:
+        req = msg.req
+        try:
+            manifest = Manifest.decode_verified(msg.body, msg.manifest)  # type: ignore[arg-type]
+        except DhtshareError as err:
+            conn.send(m.Error(req, m.ErrorCode.BAD_REQUEST, f"bad manifest: {err}"))
+            return
+        entry = self.store.get(manifest.hash)
+        if entry is not None and not entry.durable and not entry.complete:
+            conn.send(m.Error(req, m.ErrorCode.BUSY, "a download of it is in progress"))
+            return
+        try:
+            if entry is None or not entry.complete:
+                self.store.check_room(min(manifest.size, manifest.chunk_size))
+            self.store.open_replica(manifest, msg.replicas)
+        except StorageFull as err:
+            conn.send(m.Error(req, m.ErrorCode.FULL, str(err)))
+            return
+        except (OSError, StorageError) as err:
+            conn.send(m.Error(req, m.ErrorCode.INTERNAL, f"cannot store: {err}"))
+            return
+        if self.announce is not None:
+            await self.announce(manifest.hash)
+        conn.send(m.Ok(req))
+
+    async def _put_chunk(
+        self, conn: Connection, msg: m.PutChunk, body: bytes | bytearray
+    ) -> None:
+        req, index = msg.req, msg.index
+        entry = self.store.get(msg.manifest)
+        if entry is None or not entry.durable or entry.cf is None:
+            if entry is not None and entry.has(index):
+                conn.send(m.Ok(req))
+            else:
+                conn.send(m.NotFound(req))
+            return
+        if entry.has(index):
+            conn.send(m.Ok(req))
+            return
+        if entry.manifest.chunk_hash(index) != msg.chunk:
+            conn.send(m.Error(req, m.ErrorCode.BAD_REQUEST, "chunk hash does not match"))
+            return
+        try:
+            self.store.check_room(len(body))
+            ok = await asyncio.to_thread(entry.cf.write_verified, index, body)
+        except StorageFull as err:
+            conn.send(m.Error(req, m.ErrorCode.FULL, str(err)))
+            return
+        except OSError as err:
+            conn.send(m.Error(req, m.ErrorCode.INTERNAL, f"cannot store: {err.strerror}"))
+            return
+        if not ok:
+            conn.abort("pushed a chunk that failed verification")
+            return
+        self.bytes_stored += len(body)
+        self.announce_chunk(msg.manifest, index)
+        conn.send(m.Ok(req))
 
     # -- HAVE pushes ------------------------------------------------------------------
     def announce_chunk(self, manifest: bytes, index: int) -> None:

@@ -1,37 +1,52 @@
 """What this node holds: manifests and where their chunks live on disk.
 
-Content is not copied into the data dir: a published file is served from
-where it is (its size and mtime are recorded, and a file that changed under
-us is withdrawn instead of served), a fetched file from the file the fetch
-wrote.  The data dir keeps the manifests (``manifests/<hash>``) and a small
-index (``content.msgpack``) so a restarted node knows what to re-announce.
+Three kinds of content, one index:
 
-The index is rewritten atomically (temp file + rename), so a crash never
-leaves it half-written.  Only this module and :mod:`dhtshare.fetcher` (which
-writes the file being downloaded) touch content files.
+* ``published``: a user's file, served from where it is (its size and mtime
+  are recorded; a file that changed under us is withdrawn, not served);
+* ``fetched``: a file a fetch wrote for the user, served from there;
+* ``replica``: chunks kept on behalf of the network (``--replicas``,
+  ``pin``), in ``DATA_DIR/replicas/<hash>.data`` with a chunk journal (see
+  :mod:`dhtshare.chunkfile`), possibly only some chunks of the file.  Only
+  replicas are *durable*: they count towards a file's replication factor,
+  because only they are kept on purpose.
+
+The data dir keeps the manifests (``manifests/<hash>``) and the index
+(``content.msgpack``), rewritten atomically (temp file + rename), so a
+restarted node knows what to serve and re-announce.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgpack
 
-from dhtshare.errors import ManifestError, StorageError
+from dhtshare.chunkfile import ChunkFile, journal_path
+from dhtshare.errors import DhtshareError, StorageError
 from dhtshare.ids import ManifestHash, short
 from dhtshare.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "content.msgpack"
-#: How often (seconds) a served file's size and mtime are re-checked.
+#: How often (seconds) a served user file's size and mtime are re-checked.
 STAT_INTERVAL = 2.0
+#: Free disk space a node keeps for everything else, whatever --max-storage says.
+DISK_RESERVE = 64 * 1024 * 1024
+
+Kind = Literal["published", "fetched", "replica"]
+
+
+class StorageFull(DhtshareError):
+    """This node has no room for more replica data."""
 
 
 @dataclass
@@ -43,13 +58,22 @@ class Entry:
     #: ``None`` when every chunk is held; else one byte per chunk (1 = held).
     held: bytearray | None = None
     size_mtime: tuple[int, int] | None = None
+    kind: Kind = "published"
+    #: Replication factor this node helps maintain (0: none).
+    replicas: int = 0
+    #: Open writer for replica data (replicas only).
+    cf: ChunkFile | None = field(default=None, repr=False)
     _fd: int | None = field(default=None, repr=False)
     _checked: float = field(default=0.0, repr=False)
     valid: bool = True
 
     @property
+    def durable(self) -> bool:
+        return self.kind == "replica"
+
+    @property
     def complete(self) -> bool:
-        return self.held is None
+        return self.held is None or self.held.count(0) == 0
 
     def has(self, index: int) -> bool:
         if not 0 <= index < self.manifest.chunk_count:
@@ -64,6 +88,11 @@ class Entry:
             return list(range(self.manifest.chunk_count))
         return [i for i, b in enumerate(self.held) if b]
 
+    def held_bytes(self) -> int:
+        if self.held is None:
+            return self.manifest.size
+        return sum(self.manifest.chunk_length(i) for i in self.held_indices())
+
     def fd(self) -> int:
         """An open read-only descriptor on the content file (opened once)."""
         if self._fd is None:
@@ -74,9 +103,12 @@ class Entry:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self.cf is not None:
+            self.cf.close()
+            self.cf = None
 
     def still_valid(self) -> bool:
-        """False once a complete file changed on disk since it was hashed."""
+        """False once a user's file changed on disk since it was hashed."""
         if not self.valid or self.size_mtime is None:
             return self.valid
         now = time.monotonic()
@@ -109,11 +141,15 @@ def _stat_key(path: Path) -> tuple[int, int]:
 class ContentStore:
     """The index of held content, persisted in the data dir."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, max_storage: int = 0) -> None:
         self.data_dir = data_dir
         self.manifest_dir = data_dir / "manifests"
+        self.replica_dir = data_dir / "replicas"
+        #: Bytes of replica data this node may hold (0: no limit but the disk).
+        self.max_storage = max_storage
         self.entries: dict[bytes, Entry] = {}
 
+    # -- persistence ----------------------------------------------------------------
     def load(self) -> None:
         """Read the index; entries whose file is gone or changed are dropped."""
         self.manifest_dir.mkdir(parents=True, exist_ok=True)
@@ -129,31 +165,44 @@ class ContentStore:
             return
         for hexhash, rec in raw.items():
             try:
-                manifest = Manifest.decode_verified(
-                    (self.manifest_dir / hexhash).read_bytes(),
-                    ManifestHash(bytes.fromhex(hexhash)),
-                )
-                path = Path(rec["path"])
-                size_mtime = tuple(rec["stat"])
-                if _stat_key(path) != size_mtime:
-                    log.warning("%s changed since it was shared; dropping it", path)
-                    continue
-            except (OSError, ValueError, KeyError, TypeError, ManifestError, StorageError) as err:
-                log.warning("dropping index entry %s: %s", hexhash[:12], err)
+                entry = self._load_entry(hexhash, rec)
+            except Exception as err:  # a damaged index entry must not stop the node
+                log.warning("dropping index entry %s: %s", str(hexhash)[:12], err)
                 continue
-            except Exception as err:  # IntegrityError and anything odd in a damaged index
-                log.warning("dropping index entry %s: %s", hexhash[:12], err)
-                continue
-            key = (size_mtime[0], size_mtime[1])
-            self.entries[manifest.hash] = Entry(manifest, path, None, key)
+            if entry is not None:
+                self.entries[entry.manifest.hash] = entry
+
+    def _load_entry(self, hexhash: str, rec: dict[str, Any]) -> Entry | None:
+        manifest = Manifest.decode_verified(
+            (self.manifest_dir / hexhash).read_bytes(), ManifestHash(bytes.fromhex(hexhash))
+        )
+        kind = rec.get("kind", "published")
+        if kind == "replica":
+            path = self.replica_path(manifest.hash)
+            if not journal_path(path).exists():
+                # Written whole by a pin, journal removed once complete and synced.
+                if os.stat(path).st_size != manifest.size:
+                    raise StorageError(f"replica {path} is damaged")
+                return Entry(manifest, path, None, None, "replica", int(rec["replicas"]))
+            cf = ChunkFile.open(path, manifest, preallocate=False)
+            return Entry(manifest, cf.path, cf.held, None, "replica", int(rec["replicas"]), cf)
+        path = Path(rec["path"])
+        size_mtime = tuple(rec["stat"])
+        if _stat_key(path) != size_mtime:
+            log.warning("%s changed since it was shared; dropping it", path)
+            return None
+        return Entry(manifest, path, None, (size_mtime[0], size_mtime[1]), kind,
+                     int(rec.get("replicas", 0)))
 
     def save(self) -> None:
-        """Persist the complete entries (partial downloads are not served after restart)."""
-        data = {
-            h.hex(): {"path": str(e.path), "stat": list(e.size_mtime)}
-            for h, e in self.entries.items()
-            if e.complete and e.size_mtime is not None and e.valid
-        }
+        """Persist what survives a restart: complete user files and all replicas."""
+        data: dict[str, Any] = {}
+        for h, e in self.entries.items():
+            if e.durable:
+                data[h.hex()] = {"kind": "replica", "replicas": e.replicas}
+            elif e.complete and e.size_mtime is not None and e.valid:
+                data[h.hex()] = {"kind": e.kind, "path": str(e.path),
+                                 "stat": list(e.size_mtime), "replicas": e.replicas}
         index = self.data_dir / INDEX_FILE
         tmp = index.with_suffix(".tmp")
         try:
@@ -169,6 +218,46 @@ class ContentStore:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(manifest.encode())
             os.replace(tmp, path)
+
+    # -- lookups ------------------------------------------------------------------------
+    def get(self, h: bytes) -> Entry | None:
+        entry = self.entries.get(h)
+        if entry is not None and not entry.still_valid():
+            return None
+        return entry
+
+    # -- user files ---------------------------------------------------------------------
+    def add_complete(
+        self, manifest: Manifest, path: Path, kind: Kind = "published", replicas: int = 0
+    ) -> Entry:
+        """Register a complete, verified user file at ``path`` and persist the index.
+
+        A replica of the same content stays what it is: it is the durable copy.
+        """
+        try:
+            stat = _stat_key(path)
+            self.save_manifest(manifest)
+        except OSError as err:
+            raise StorageError(f"cannot register {path}: {err.strerror or err}") from err
+        old = self.entries.get(manifest.hash)
+        if old is not None and old.durable:
+            return old
+        if old is not None:
+            old.close()
+        entry = Entry(manifest, path.resolve(), None, stat, kind, replicas)
+        self.entries[manifest.hash] = entry
+        self.save()
+        log.info("holding %s (%s, %d bytes)", short(manifest.hash), manifest.name, manifest.size)
+        return entry
+
+    def add_partial(self, manifest: Manifest, path: Path, held: bytearray) -> Entry:
+        """Register a download in progress so verified chunks can be served at once."""
+        old = self.entries.get(manifest.hash)
+        if old is not None and (old.complete or old.durable):
+            return old
+        entry = Entry(manifest, path, held, None, "fetched")
+        self.entries[manifest.hash] = entry
+        return entry
 
     def import_copy(self, src: Path) -> Path:
         """Copy ``src`` into the data dir (under a temporary name); returns the copy."""
@@ -189,42 +278,60 @@ class ContentStore:
         os.replace(tmp, final)
         return final
 
-    def get(self, h: bytes) -> Entry | None:
-        entry = self.entries.get(h)
-        if entry is not None and not entry.still_valid():
-            return None
-        return entry
+    # -- replicas -----------------------------------------------------------------------
+    def replica_path(self, h: bytes) -> Path:
+        return self.replica_dir / f"{h.hex()}.data"
 
-    def add_complete(self, manifest: Manifest, path: Path) -> Entry:
-        """Register a complete, verified file at ``path`` and persist the index."""
-        try:
-            stat = _stat_key(path)
-            self.save_manifest(manifest)
-        except OSError as err:
-            raise StorageError(f"cannot register {path}: {err.strerror or err}") from err
+    def replica_bytes(self) -> int:
+        return sum(e.held_bytes() for e in self.entries.values() if e.durable)
+
+    def check_room(self, nbytes: int) -> None:
+        """Raise :class:`StorageFull` unless ``nbytes`` more replica data fit."""
+        if self.max_storage and self.replica_bytes() + nbytes > self.max_storage:
+            raise StorageFull(f"--max-storage of {self.max_storage} bytes reached")
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(self.data_dir).free < nbytes + DISK_RESERVE:
+                raise StorageFull(f"the disk of {self.data_dir} is nearly full")
+
+    def open_replica(self, manifest: Manifest, replicas: int) -> Entry:
+        """Start (or keep) a durable copy of ``manifest``, filled chunk by chunk.
+
+        A node that already holds the whole file as a user file copies it into
+        the replica store, so the durable copy does not depend on a user's file.
+        """
         old = self.entries.get(manifest.hash)
+        if old is not None and old.durable:
+            old.replicas = max(old.replicas, replicas)
+            self.save()
+            return old
+        self.save_manifest(manifest)
+        self.replica_dir.mkdir(parents=True, exist_ok=True)
+        cf = ChunkFile.open(self.replica_path(manifest.hash), manifest, preallocate=False)
+        entry = Entry(manifest, cf.path, cf.held, None, "replica", replicas, cf)
         if old is not None:
             old.close()
-        entry = Entry(manifest, path.resolve(), None, stat)
         self.entries[manifest.hash] = entry
         self.save()
-        log.info("holding %s (%s, %d bytes)", short(manifest.hash), manifest.name, manifest.size)
         return entry
 
-    def add_partial(self, manifest: Manifest, path: Path, held: bytearray) -> Entry:
-        """Register a download in progress so verified chunks can be served at once."""
-        old = self.entries.get(manifest.hash)
-        if old is not None and old.complete:
-            return old
-        entry = Entry(manifest, path, held)
-        self.entries[manifest.hash] = entry
+    def adopt_replica(self, h: bytes, path: Path, replicas: int) -> Entry:
+        """Turn a complete file fetched into the replica store into a durable copy."""
+        entry = self.entries[h]
+        entry.close()
+        entry = Entry(entry.manifest, path, None, None, "replica", replicas)
+        self.entries[h] = entry
+        self.save()
         return entry
 
-    def remove(self, h: bytes) -> None:
+    def drop(self, h: bytes) -> None:
+        """Forget ``h``; replica data is deleted, a user's file never is."""
         entry = self.entries.pop(h, None)
-        if entry is not None:
-            entry.close()
-            self.save()
+        if entry is None:
+            return
+        entry.close()
+        if entry.durable:
+            ChunkFile(self.replica_path(h), entry.manifest).discard()
+        self.save()
 
     def close(self) -> None:
         for entry in self.entries.values():

@@ -51,7 +51,7 @@ class NotFoundReply(DhtshareError):
 class Handler(Protocol):
     """Serves requests a peer sends us (see :mod:`dhtshare.server`)."""
 
-    def handle(self, conn: Connection, msg: m.Message) -> None: ...
+    def handle(self, conn: Connection, msg: m.Message, body: bytes | bytearray) -> None: ...
 
     def closed(self, conn: Connection) -> None: ...
 
@@ -195,13 +195,13 @@ class Connection(asyncio.BufferedProtocol):
     def next_id(self) -> int:
         return next(self._ids) & m.MAX_REQ_ID
 
-    def start_request(self, msg: m.Message, req: int) -> asyncio.Future[Reply]:
+    def start_request(self, msg: m.Message, req: int, body: Body = b"") -> asyncio.Future[Reply]:
         """Send ``msg`` (whose request id is ``req``) and return the answer's future."""
         if not self.is_open:
             raise PeerError(f"peer {self.label}: connection is closed")
         fut: asyncio.Future[Reply] = self._loop.create_future()
         self._pending[req] = fut
-        self.send(msg)
+        self.send(msg, body)
         return fut
 
     def forget(self, req: int) -> None:
@@ -211,8 +211,8 @@ class Connection(asyncio.BufferedProtocol):
             fut.cancel()
             self.send(m.Cancel(req))
 
-    async def request(self, msg: m.Message, req: int, timeout: float) -> Reply:
-        fut = self.start_request(msg, req)
+    async def request(self, msg: m.Message, req: int, timeout: float, body: Body = b"") -> Reply:
+        fut = self.start_request(msg, req, body)
         try:
             async with asyncio.timeout(timeout):
                 return await fut
@@ -253,7 +253,7 @@ class Connection(asyncio.BufferedProtocol):
             self._handshake.set_result(msg)
             return
         match msg:
-            case m.Data() | m.NotFound() | m.Error() | m.Have():
+            case m.Data() | m.NotFound() | m.Error() | m.Have() | m.Ok():
                 fut = self._pending.pop(msg.req, None)
                 if fut is not None and not fut.done():
                     fut.set_result((msg, body))
@@ -262,14 +262,17 @@ class Connection(asyncio.BufferedProtocol):
                 listener = self.have_listeners.get(msg.manifest)
                 if listener is not None:
                     listener(msg.indices)
-            case m.GetManifest() | m.GetChunk() | m.GetHave() | m.Cancel():
+            case (
+                m.GetManifest() | m.GetChunk() | m.GetHave() | m.Cancel() | m.PutManifest()
+                | m.PutChunk()
+            ):
                 if self.handler is None:
                     raise RemoteProtocolError("requests are not accepted on this connection")
                 if not isinstance(msg, m.Cancel):
                     if self.incoming >= MAX_INCOMING_REQUESTS:
                         raise RemoteProtocolError("too many outstanding requests")
                     self.incoming += 1
-                self.handler.handle(self, msg)
+                self.handler.handle(self, msg, body)
             case m.Hello():
                 raise RemoteProtocolError("second HELLO")
             case _:

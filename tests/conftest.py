@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,3 +217,27 @@ def fetch_json(node: NodeProc, h: str, out: Path, *extra: str) -> dict[str, Any]
     assert res.returncode == 0, f"fetch failed: {res.stderr}\n{node.log()[-3000:]}"
     result: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
     return result
+
+
+def cli_json(*args: str) -> dict[str, Any]:
+    """Run a dhtshare command with --json; it must succeed."""
+    res = run_cli(*args, "--json")
+    assert res.returncode == 0, f"{args[0]} failed: {res.stderr}"
+    result: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return result
+
+
+def holders(node: NodeProc, h: str) -> dict[str, Any]:
+    """``dhtshare holders`` as seen from ``node``."""
+    return cli_json("holders", h, "--data-dir", str(node.data_dir))
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.5) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)

@@ -112,7 +112,7 @@ def test_status_lists_published_content(cluster: Cluster, tmp_path: Path) -> Non
 def test_restart_rejoins_and_reannounces(cluster: Cluster, tmp_path: Path) -> None:
     n1, n2, n3 = cluster.start(3)
     src = make_file(tmp_path / "kept.bin", 2_000_000, seed=4)
-    h = publish(n2, src)
+    h = publish(n2, src, "--replicas", "0")
     assert n2.stop() == 0
     # The bootstrap node goes away too: n2 must rejoin through its saved contacts.
     n1.kill()
@@ -133,7 +133,7 @@ def test_publish_one_shot_serves_in_foreground(cluster: Cluster, tmp_path: Path)
     src = make_file(tmp_path / "fg.bin", 500_000, seed=8)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dhtshare", "publish", str(src), "--data-dir",
-         str(tmp_path / "pubdir"), "--peer", n1.addr],
+         str(tmp_path / "pubdir"), "--peer", n1.addr, "--replicas", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
     )
     try:
@@ -162,7 +162,7 @@ def test_node_on_all_interfaces_is_reachable_by_loopback_peers(
         n2 = c.add("n2", [n1.addr], extra=["--host", "0.0.0.0"])
         n3 = c.add("n3", [n1.addr])
         src = make_file(tmp_path / "wide.bin", 400_000, seed=12)
-        h = publish(n2, src)
+        h = publish(n2, src, "--replicas", "0")
         result = fetch_json(n3, h, tmp_path / "wide-copy.bin")
         (addr,) = result["peers"]
         assert not addr.startswith("0.0.0.0")

@@ -52,7 +52,7 @@ def test_killed_fetch_resumes_with_only_missing_bytes(
     n1, n2, n3 = cluster.start(3)
     size, chunk = 160 * MIB, 256 * 1024
     src = make_file(tmp_path / "resume.bin", size, seed=41)
-    h = publish(n2, src, "--chunk-size", "256K")
+    h = publish(n2, src, "--chunk-size", "256K", "--replicas", "0")
     out = tmp_path / "got.bin"
     journal = tmp_path / f".got.bin.{h[:16]}.part.have"
     base = [sys.executable, "-m", "dhtshare", "fetch", h, "-o", str(out), "--json"]

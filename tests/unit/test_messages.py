@@ -15,6 +15,7 @@ from dhtshare.framing import FrameDecoder, encode_frame
 from dhtshare.ids import HASH_LEN, NODE_ID_LEN
 from dhtshare.messages import (
     MAX_HAVE_BATCH,
+    MAX_REPLICAS,
     MAX_REQ_ID,
     MAX_TEXT,
     Cancel,
@@ -32,6 +33,9 @@ from dhtshare.messages import (
     Message,
     MsgType,
     NotFound,
+    Ok,
+    PutChunk,
+    PutManifest,
     bitfield_from_indices,
     decode,
     encode,
@@ -94,13 +98,24 @@ MESSAGE_STRATEGIES: dict[MsgType, st.SearchStrategy[Message]] = {
         message=texts,
     ),
     MsgType.GET_HAVE: st.builds(GetHave, req=reqs, manifest=hashes),
-    MsgType.HAVE: st.builds(Have, req=reqs, complete=st.just(True))
+    MsgType.HAVE: st.builds(
+        Have, req=reqs, complete=st.just(True), durable=st.booleans(),
+        replicas=st.integers(0, MAX_REPLICAS),
+    )
     | st.builds(
         Have,
         req=reqs,
         complete=st.just(False),
         bitfield=st.binary(max_size=200) | st.just(b"\xff" * (MAX_CHUNKS // 8)),
+        durable=st.booleans(),
+        replicas=st.integers(0, MAX_REPLICAS),
     ),
+    MsgType.PUT_MANIFEST: st.builds(
+        PutManifest, req=reqs, manifest=hashes, replicas=st.integers(0, MAX_REPLICAS),
+        body=st.binary(max_size=300),
+    ),
+    MsgType.PUT_CHUNK: st.builds(PutChunk, req=reqs, manifest=hashes, index=indices, chunk=hashes),
+    MsgType.OK: st.builds(Ok, req=reqs),
     MsgType.HAVE_UPDATE: st.builds(
         HaveUpdate,
         manifest=hashes,
@@ -131,14 +146,14 @@ def test_round_trip(mtype: MsgType, data: st.DataObject) -> None:
     assert msgpack.unpackb(header)[0] == int(mtype)
     body = payload(msg)
     assert isinstance(body, bytes)
-    if not isinstance(msg, Have):
+    if not isinstance(msg, Have | PutManifest):
         assert body == b""
     back = decode(header, body)
     assert type(back) is type(msg)
     assert back == msg
     assert decode(bytearray(header), bytearray(body)) == msg
     if isinstance(msg, Have):
-        assert len(header) < 16  # the bitfield never inflates the header
+        assert len(header) < 18  # the bitfield never inflates the header
 
 
 @pytest.mark.parametrize(
@@ -155,6 +170,9 @@ def test_round_trip(mtype: MsgType, data: st.DataObject) -> None:
         Have(5, False, b"\x80"),
         HaveUpdate(H, ()),
         Cancel(6),
+        PutManifest(9, H, 3, b"manifest bytes"),
+        PutChunk(10, H, 7, H),
+        Ok(11),
         Control(7, "status"),
         ControlEvent(8, "progress", {"done": 1, "total": 2, "nested": {"a": [1, b"x"]}}),
     ],
@@ -167,7 +185,7 @@ def test_round_trip_examples(msg: Message) -> None:
 def test_have_bitfield_travels_as_body() -> None:
     msg = Have(5, False, b"\x80\x01")
     assert payload(msg) == b"\x80\x01"
-    assert msgpack.unpackb(encode(msg)) == [int(MsgType.HAVE), 5, False]
+    assert msgpack.unpackb(encode(msg)) == [int(MsgType.HAVE), 5, False, False, 0]
     assert decode(encode(msg)) == Have(5, False, b"")
     assert payload(Have(5, True)) == b""
 
@@ -231,7 +249,10 @@ VALID = {
     MsgType.NOT_FOUND: [1],
     MsgType.ERROR: [1, 1, "oops"],
     MsgType.GET_HAVE: [1, H],
-    MsgType.HAVE: [1, False],
+    MsgType.HAVE: [1, False, False, 0],
+    MsgType.PUT_MANIFEST: [1, H, 2],
+    MsgType.PUT_CHUNK: [1, H, 0, H],
+    MsgType.OK: [1],
     MsgType.HAVE_UPDATE: [H, [0, 1]],
     MsgType.CANCEL: [1],
     MsgType.CONTROL: [1, "op", {"k": 1}],
@@ -361,7 +382,10 @@ def test_highest_chunk_index_accepted() -> None:
 
 @pytest.mark.parametrize("body", [b"\x00", b"\xff" * 10])
 @pytest.mark.parametrize(
-    "mtype", [t for t in MsgType if t not in (MsgType.DATA, MsgType.HAVE)], ids=lambda t: t.name
+    "mtype",
+    [t for t in MsgType if t not in (MsgType.DATA, MsgType.HAVE, MsgType.PUT_MANIFEST,
+                                     MsgType.PUT_CHUNK)],
+    ids=lambda t: t.name,
 )
 def test_unexpected_body_rejected(mtype: MsgType, body: bytes) -> None:
     header = _pack([int(mtype), *VALID[mtype]])
