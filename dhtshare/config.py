@@ -60,7 +60,7 @@ class Config:
     #: rpcudp wait for a DHT reply; the library's 5 s makes dead peers costly.
     dht_timeout: float = 1.5
     #: Seconds a DHT contact that timed out is not asked again.
-    dead_peer_ttl: float = 60.0
+    dead_peer_ttl: float = 300.0
     #: How long a node keeps retrying to join through its peers at start-up.
     join_timeout: float = 0.0
     connect_timeout: float = 5.0

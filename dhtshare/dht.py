@@ -51,8 +51,10 @@ PROVIDERS_NS = b"providers"
 REPLICATION = 8
 ALPHA = 3
 KSIZE = 20
-#: Upper bound on lookup rounds, whatever the network answers.
-MAX_ROUNDS = 24
+#: Upper bound on queries of one lookup, whatever the network answers.
+MAX_QUERIES = 64
+#: A query not answered within this long no longer holds up a lookup.
+SOFT_TIMEOUT = 0.5
 MAX_DATAGRAM = 64 * 1024
 
 Address = tuple[str, int]
@@ -80,13 +82,18 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self.tokens = TokenIssuer()
         self.dead_ttl = dead_ttl
         self._dead: dict[Address, float] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     # -- task hygiene and hostile datagrams -----------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def adopt(self, fut: asyncio.Future[Any]) -> None:
+        """Keep a reference to a query nobody waits for until it finishes."""
+        self._tasks.add(fut)
+        fut.add_done_callback(self._tasks.discard)
 
     def cancel_tasks(self) -> None:
         for task in list(self._tasks):
@@ -166,8 +173,12 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if not (_is_id(nodeid) and _is_id(key)):
             return None
         self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
+        return self._neighbors(key, nodeid, sender)
+
+    def _neighbors(self, key: bytes, nodeid: bytes, sender: Address) -> list[tuple[Any, ...]]:
+        """Closest contacts to ``key``, minus the asker and nodes we found dead."""
         neighbors = self.router.find_neighbors(Node(key), exclude=Node(nodeid, *sender))
-        return [tuple(n) for n in neighbors]
+        return [tuple(n) for n in neighbors if not self.is_dead((n.ip, n.port))]
 
     def rpc_find_value(self, sender: Address, nodeid: Any, key: Any) -> Any:
         return self.rpc_find_node(sender, nodeid, key)
@@ -186,10 +197,9 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if not is_loopback(sender[0]):
             # A loopback address means nothing to a peer on another host.
             records = [r for r in records if not is_loopback(r.host)]
-        neighbors = self.router.find_neighbors(Node(key), exclude=Node(nodeid, *sender))
         return [
             [r.to_wire() for r in records[:32]],
-            [tuple(n) for n in neighbors],
+            self._neighbors(key, nodeid, sender),
             self.tokens.issue(sender[0]),
         ]
 
@@ -202,15 +212,13 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if ann is None:
             return False
         self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
-        self.providers.add(key, nodeid, ann.advertise or sender[0], ann)
-        return True
+        return self.providers.add(key, nodeid, ann.advertise or sender[0], ann, origin=sender[0])
 
     def rpc_remove_provider(self, sender: Address, nodeid: Any, key: Any, token: Any) -> bool:
+        """Only the address that registered a record may remove it."""
         if not (_is_id(nodeid) and _is_id(key)) or not self.tokens.check(sender[0], token):
             return False
-        records = self.providers.get(key)
-        host = next((r.host for r in records if r.node_id == nodeid), None)
-        return host is not None and self.providers.remove(key, nodeid, host)
+        return self.providers.remove(key, nodeid, sender[0])
 
 
 class _Server(Server):  # type: ignore[misc]
@@ -242,7 +250,7 @@ class Dht:
     """A running DHT node with provider records."""
 
     def __init__(
-        self, node_id: bytes, *, timeout: float = 1.5, dead_ttl: float = 60.0
+        self, node_id: bytes, *, timeout: float = 1.5, dead_ttl: float = 300.0
     ) -> None:
         self.providers = ProviderStore()
         self._server = _Server(node_id, self.providers, timeout, dead_ttl)
@@ -301,18 +309,35 @@ class Dht:
         heap.push(proto.router.find_neighbors(target, KSIZE))
         responded: dict[bytes, tuple[Node, bytes]] = {}
         found: dict[bytes, ProviderRecord] = {}
-        for _ in range(MAX_ROUNDS):
-            batch = heap.get_uncontacted()[:ALPHA]
-            if not batch:
-                break
-            for node in batch:
+        pending: dict[asyncio.Future[Any], tuple[Node, float]] = {}
+        loop = asyncio.get_running_loop()
+        queries = 0
+        while queries < MAX_QUERIES:
+            now = loop.time()
+            # Queries slower than SOFT_TIMEOUT stop counting against ALPHA: one
+            # dead node must not stall the lookup for the whole RPC timeout.
+            active = sum(1 for _n, t0 in pending.values() if now - t0 < SOFT_TIMEOUT)
+            for node in heap.get_uncontacted():
+                if active >= ALPHA:
+                    break
                 heap.mark_contacted(node)
-            answers = await asyncio.gather(*(proto._call(n, rpc, key) for n in batch))
-            dead = []
-            for node, (ok, reply) in zip(batch, answers, strict=True):
+                pending[asyncio.ensure_future(proto._call(node, rpc, key))] = (node, now)
+                active += 1
+                queries += 1
+            if not pending or (active == 0 and not heap.get_uncontacted()):
+                break  # done, or only stragglers left among the closest
+            # Wake up at the first answer, or when the next query turns stale.
+            stale_at = min(t0 + SOFT_TIMEOUT for _n, t0 in pending.values()
+                           if now - t0 < SOFT_TIMEOUT)
+            done, _ = await asyncio.wait(
+                pending, timeout=max(0.01, stale_at - now), return_when=asyncio.FIRST_COMPLETED
+            )
+            for fut in done:
+                node, _t0 = pending.pop(fut)
+                ok, reply = fut.result()
                 nodes_raw, token = self._parse_reply(rpc, reply, found, node) if ok else (None, b"")
                 if nodes_raw is None:
-                    dead.append(node.id)
+                    heap.remove([node.id])
                     continue
                 responded[node.id] = (node, token)
                 heap.push(
@@ -328,7 +353,8 @@ class Dht:
                         and not proto.is_dead((t[1], t[2]))
                     ]
                 )
-            heap.remove(dead)
+        for fut in pending:  # stragglers finish (and mark their node dead) on their own
+            proto.adopt(fut)
         closest = [responded[n.id] for n in heap if n.id in responded]
         for rec in self.providers.get(key):
             found.setdefault(rec.node_id, rec)

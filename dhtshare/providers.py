@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
 import os
 import time
 from collections import OrderedDict
@@ -60,7 +61,8 @@ class ProviderRecord:
         return (self.host, self.port)
 
     def to_wire(self) -> list[Any]:
-        return [self.node_id, self.host, self.port, round(self.ttl), self.complete, self.bitfield]
+        ttl = math.ceil(self.ttl)
+        return [self.node_id, self.host, self.port, ttl, self.complete, self.bitfield]
 
     @classmethod
     def from_wire(cls, obj: Any) -> ProviderRecord | None:
@@ -77,6 +79,7 @@ class ProviderRecord:
             and not isinstance(port, bool)
             and 0 < port < 65536
             and isinstance(ttl, int | float)
+            and math.isfinite(ttl)
             and isinstance(complete, bool)
             and isinstance(bitfield, bytes)
             and len(bitfield) <= MAX_DHT_BITFIELD
@@ -97,7 +100,7 @@ class Announcement:
 
     def to_wire(self) -> list[Any]:
         bitfield = self.bitfield if len(self.bitfield) <= MAX_DHT_BITFIELD else b""
-        return [self.port, self.advertise, round(self.ttl), self.complete, bitfield]
+        return [self.port, self.advertise, math.ceil(self.ttl), self.complete, bitfield]
 
     @classmethod
     def from_wire(cls, obj: Any) -> Announcement | None:
@@ -110,6 +113,7 @@ class Announcement:
             and 0 < port < 65536
             and (advertise is None or (isinstance(advertise, str) and 0 < len(advertise) <= 255))
             and isinstance(ttl, int | float)
+            and not math.isnan(ttl)
             and ttl > 0
             and isinstance(complete, bool)
             and isinstance(bitfield, bytes)
@@ -133,6 +137,8 @@ class _Entry:
     expires: float
     complete: bool
     bitfield: bytes
+    #: The IP address the record was registered from: only it may replace or remove it.
+    origin: str
 
 
 class ProviderStore:
@@ -149,9 +155,20 @@ class ProviderStore:
         return len(self._data)
 
     def add(
-        self, key: bytes, node_id: bytes, host: str, ann: Announcement, now: float | None = None
-    ) -> None:
+        self,
+        key: bytes,
+        node_id: bytes,
+        host: str,
+        ann: Announcement,
+        now: float | None = None,
+        origin: str | None = None,
+    ) -> bool:
+        """Store or refresh a record; False when another address owns this node's record."""
         now = time.monotonic() if now is None else now
+        origin = host if origin is None else origin
+        current = self._data.get(key, {}).get(node_id)
+        if current is not None and current.origin != origin and current.expires > now:
+            return False
         entries = self._data.get(key)
         if entries is None:
             while len(self._data) >= self.max_keys:
@@ -159,15 +176,18 @@ class ProviderStore:
             entries = self._data[key] = {}
         else:
             self._data.move_to_end(key)
-        entries[node_id] = _Entry(host, ann.port, now + ann.ttl, ann.complete, ann.bitfield)
+        entries[node_id] = _Entry(host, ann.port, now + ann.ttl, ann.complete, ann.bitfield,
+                                  origin)
         if len(entries) > self.max_per_key:
             # Drop whichever record would lapse first.
             oldest = min(entries, key=lambda nid: entries[nid].expires)
             del entries[oldest]
+        return True
 
-    def remove(self, key: bytes, node_id: bytes, host: str) -> bool:
+    def remove(self, key: bytes, node_id: bytes, origin: str) -> bool:
+        """Remove ``node_id``'s record if it was registered from ``origin``."""
         entries = self._data.get(key)
-        if not entries or node_id not in entries or entries[node_id].host != host:
+        if not entries or node_id not in entries or entries[node_id].origin != origin:
             return False
         del entries[node_id]
         if not entries:
@@ -205,7 +225,11 @@ class TokenIssuer:
 
     def _maybe_rotate(self) -> None:
         now = time.monotonic()
-        if now - self._rotated_at >= self._rotate:
+        elapsed = now - self._rotated_at
+        if elapsed >= 2 * self._rotate:
+            self._secrets = [os.urandom(16), os.urandom(16)]  # idle: both are too old
+            self._rotated_at = now
+        elif elapsed >= self._rotate:
             self._secrets = [os.urandom(16), self._secrets[0]]
             self._rotated_at = now
 

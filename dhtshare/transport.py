@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_INCOMING_REQUESTS = 512
 SOCKET_BUFFER = 4 * 1024 * 1024
 WRITE_HIGH_WATER = 8 * 1024 * 1024
+HANDSHAKE_TIMEOUT = 10.0
 
 Body = bytes | bytearray | memoryview
 Reply = tuple[m.Message, bytes | bytearray]
@@ -99,6 +100,12 @@ class Connection(asyncio.BufferedProtocol):
         if isinstance(peer, tuple):
             self.peername = (str(peer[0]), int(peer[1]))
         self.send(self._hello)
+        # A peer that never says HELLO must not hold a connection open forever.
+        self._loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_deadline)
+
+    def _handshake_deadline(self) -> None:
+        if self.peer_hello is None:
+            self.abort("no HELLO in time")
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._decoder.get_buffer()
