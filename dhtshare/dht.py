@@ -312,10 +312,17 @@ class Dht:
         pending: dict[asyncio.Future[Any], tuple[Node, float]] = {}
         loop = asyncio.get_running_loop()
         queries = 0
+        stale: set[bytes] = set()
         while queries < MAX_QUERIES:
             now = loop.time()
-            # Queries slower than SOFT_TIMEOUT stop counting against ALPHA: one
-            # dead node must not stall the lookup for the whole RPC timeout.
+            # A query unanswered for SOFT_TIMEOUT stops counting against ALPHA and
+            # leaves the k closest (the next node takes its place): one dead node
+            # must not stall the lookup for the whole RPC timeout.  If it answers
+            # after all, its answer is still used.
+            for node, t0 in pending.values():
+                if now - t0 >= SOFT_TIMEOUT and node.id not in stale:
+                    stale.add(node.id)
+                    heap.remove([node.id])
             active = sum(1 for _n, t0 in pending.values() if now - t0 < SOFT_TIMEOUT)
             for node in heap.get_uncontacted():
                 if active >= ALPHA:
@@ -355,7 +362,8 @@ class Dht:
                 )
         for fut in pending:  # stragglers finish (and mark their node dead) on their own
             proto.adopt(fut)
-        closest = [responded[n.id] for n in heap if n.id in responded]
+        closest = sorted(responded.values(), key=lambda nt: nt[0].distance_to(target))
+        closest = closest[:REPLICATION]
         for rec in self.providers.get(key):
             found.setdefault(rec.node_id, rec)
         return closest, found
