@@ -65,6 +65,8 @@ MAX_WINDOW = 256
 STALL_TIMEOUT = 8.0
 LOOKUP_INTERVAL = 2.0
 MAX_LOOKUPS = 6
+#: How long a fetch waits for an interrupted fetch of the same file to wind down.
+PREVIOUS_FETCH_GRACE = 15.0
 #: How long the first peers wait for each other before requesting chunks.
 START_GRACE = 0.3
 
@@ -76,7 +78,7 @@ class FetchServices(Protocol):
     node_id: bytes
     store: ContentStore
     pool: PeerPool
-    active_parts: set[Path]
+    active_parts: dict[Path, asyncio.Event]
 
     async def find_providers(self, h: bytes) -> list[ProviderRecord]: ...
 
@@ -270,13 +272,20 @@ class Fetch:
         self.manifest = manifest
         n = manifest.chunk_count
         part = target.with_name(f".{target.name}.{self.mh.hex()[:16]}.part")
-        if part in self.s.active_parts:
-            raise ConfigError(f"{target} is already being fetched by this node")
-        self.s.active_parts.add(part)
+        previous = self.s.active_parts.get(part)
+        if previous is not None:
+            # An interrupted fetch of the same file may still be winding down.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PREVIOUS_FETCH_GRACE):
+                    await previous.wait()
+            if part in self.s.active_parts:
+                raise ConfigError(f"{target} is already being fetched by this node")
+        finished = self.s.active_parts[part] = asyncio.Event()
         try:
             self.cf = cf = await asyncio.to_thread(ChunkFile.open, part, manifest)
         except BaseException:
-            self.s.active_parts.discard(part)
+            del self.s.active_parts[part]
+            finished.set()
             raise
         if cf.held_count:
             log.info("resuming %s: %d of %d chunks already verified", target, cf.held_count, n)
@@ -304,7 +313,8 @@ class Fetch:
             ) from err
         finally:
             cf.close()
-            self.s.active_parts.discard(part)
+            del self.s.active_parts[part]
+            finished.set()
             for task in self.workers.values():
                 task.cancel()
             for conn, req in list(self.requests.values()):

@@ -79,7 +79,7 @@ class Node:
         self._announced: set[bytes] = set()
         self._inbound: set[Connection] = set()
         self.stopped = asyncio.Event()
-        self.active_parts: set[Path] = set()
+        self.active_parts: dict[Path, asyncio.Event] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     async def __aenter__(self) -> Node:
