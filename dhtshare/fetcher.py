@@ -65,6 +65,8 @@ MAX_WINDOW = 256
 STALL_TIMEOUT = 8.0
 LOOKUP_INTERVAL = 2.0
 MAX_LOOKUPS = 6
+#: How long one provider may take to hand over a manifest before the next is asked.
+MANIFEST_TIMEOUT = 10.0
 #: How long a fetch waits for an interrupted fetch of the same file to wind down.
 PREVIOUS_FETCH_GRACE = 15.0
 #: How long the first peers wait for each other before requesting chunks.
@@ -168,11 +170,10 @@ class Fetch:
         self.peers_bytes: dict[str, int] = {}
         self.banned: set[Address] = set()
         self.banned_ids: set[bytes] = set()
-        self.tried: set[Address] = set()
         self.workers: dict[Address, asyncio.Task[None]] = {}
         self.wakeups: dict[Address, asyncio.Event] = {}
         self.requests: dict[tuple[Address, int], tuple[Connection, int]] = {}
-        self.providers: dict[Address, ProviderRecord] = {}
+        self._picker: Picker[Address] | None = None
         self.done_bytes = 0
         self.downloaded = 0
         self.fatal: DhtshareError | None = None
@@ -180,6 +181,11 @@ class Fetch:
         self._verified_any = False
         self._starting: set[Address] = set()
         self.reused = 0
+
+    @property
+    def picker(self) -> Picker[Address]:
+        assert self._picker is not None, "the download has not started"
+        return self._picker
 
     # -- entry point ------------------------------------------------------------------
     async def run(self) -> FetchResult:
@@ -221,7 +227,6 @@ class Fetch:
                 continue
             if r.address in self.banned:
                 continue
-            self.providers[r.address] = r
             fresh.append(r)
         # Complete providers first, then the most recently refreshed.
         fresh.sort(key=lambda r: (not r.complete, -r.ttl))
@@ -241,7 +246,7 @@ class Fetch:
         for rec in records[:8]:
             try:
                 conn = await self.s.pool.get(rec.address)
-                data = await conn.get_manifest(self.mh, self.s.config.request_timeout)
+                data = await conn.get_manifest(self.mh, MANIFEST_TIMEOUT)
                 return Manifest.decode_verified(bytes(data), self.mh)
             except (IntegrityError, ManifestError) as err:
                 log.warning("peer %s:%d sent a bad manifest: %s", *rec.address, err)
@@ -295,7 +300,7 @@ class Fetch:
             await asyncio.to_thread(_copy_held, replica, cf)
         self.reused = cf.held_bytes()
         self.done_bytes = self.reused
-        self.picker: Picker[Address] = Picker(n, cf.held_indices())
+        self._picker = Picker(n, cf.held_indices())
         self.entry = self.s.store.add_partial(manifest, part, cf.held)
         own_entry = self.entry.cf is None and not self.entry.durable
         window = max(4, min(MAX_WINDOW, self.s.config.window_bytes // manifest.chunk_size))
@@ -320,10 +325,9 @@ class Fetch:
             for conn, req in list(self.requests.values()):
                 conn.forget(req)
             for addr in self.workers:
-                with contextlib.suppress(Exception):
-                    conn_ = self.s.pool._conns.get(addr)
-                    if conn_ is not None:
-                        conn_.have_listeners.pop(self.mh, None)
+                conn_ = self.s.pool.peek(addr)
+                if conn_ is not None:
+                    conn_.have_listeners.pop(self.mh, None)
             if own_entry and self.s.store.entries.get(self.mh) is self.entry:
                 self.s.store.entries.pop(self.mh, None)
                 self.entry.close()
@@ -378,7 +382,6 @@ class Fetch:
             task = self.workers.get(addr)
             if addr in self.banned or (task is not None and not task.done()):
                 continue
-            self.tried.add(addr)
             self.wakeups[addr] = asyncio.Event()
             self.workers[addr] = loop.create_task(self._worker(addr, rec.node_id))
 
@@ -390,8 +393,8 @@ class Fetch:
         self.banned.add(addr)
         if node_id is not None:
             self.banned_ids.add(node_id)
-        if hasattr(self, "picker"):
-            self.picker.ban(addr)
+        if self._picker is not None:
+            self._picker.ban(addr)
             self._wake_all()
         if conn is not None:
             conn.abort("sent data that failed verification")
@@ -430,7 +433,7 @@ class Fetch:
             raise
         finally:
             self._starting.discard(addr)
-            if hasattr(self, "picker") and not self.picker.is_banned(addr):
+            if self._picker is not None and not self._picker.is_banned(addr):
                 self.picker.remove_peer(addr)
                 self._wake_all()
             for key in [k for k in self.requests if k[0] == addr]:

@@ -35,6 +35,11 @@ class PeerPool:
             task.add_done_callback(lambda _t: self._connecting.pop(addr, None))
         return await asyncio.shield(task)
 
+    def peek(self, addr: Address) -> Connection | None:
+        """The open connection to ``addr``, if there is one (never connects)."""
+        conn = self._conns.get(addr)
+        return conn if conn is not None and conn.is_open else None
+
     async def _connect(self, addr: Address) -> Connection:
         conn = await connect(
             addr[0], addr[1], self._hello, self._handler, self._timeout, self._forget
