@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dhtshare import messages as m
+from dhtshare.buffers import POOL
 from dhtshare.chunkfile import ChunkFile
 from dhtshare.config import KIB, Config
 from dhtshare.errors import (
@@ -44,6 +45,7 @@ from dhtshare.errors import (
     RemoteProtocolError,
     StorageError,
 )
+from dhtshare.framing import Buffer
 from dhtshare.ids import ManifestHash, short
 from dhtshare.manifest import Manifest
 from dhtshare.peers import PeerPool
@@ -519,7 +521,7 @@ class Fetch:
                 picker.failed(addr, idx)
                 self._wake_all()
 
-    async def _store_chunk(self, idx: int, body: bytes | bytearray) -> bool:
+    async def _store_chunk(self, idx: int, body: Buffer) -> bool:
         manifest = self.manifest
         if len(body) != manifest.chunk_length(idx):
             return False
@@ -528,6 +530,7 @@ class Fetch:
                 ok = self.cf.write_verified(idx, body)
             else:
                 ok = await asyncio.to_thread(self.cf.write_verified, idx, body)
+            POOL.release(body)  # written (or rejected): the buffer is free again
         except OSError as err:
             self.fatal = StorageError(
                 f"cannot write {self.entry.path}: {err.strerror or err}; "

@@ -17,7 +17,9 @@ so a hostile peer announcing a 4 GiB frame costs us eight bytes.
 
 from __future__ import annotations
 
+import mmap
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dhtshare.config import KIB, MAX_BODY_SIZE, MAX_HEADER_SIZE
@@ -31,10 +33,13 @@ _SMALL_BODY = 64 * KIB
 _SCRATCH_SIZE = 256 * KIB
 
 
+Buffer = bytes | bytearray | mmap.mmap
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     header: bytes
-    body: bytes | bytearray
+    body: Buffer
 
 
 def encode_prefix(header: bytes, body_len: int = 0) -> bytes:
@@ -61,14 +66,19 @@ class FrameDecoder:
     """
 
     def __init__(
-        self, max_header: int = MAX_HEADER_SIZE, max_body: int = MAX_BODY_SIZE
+        self,
+        max_header: int = MAX_HEADER_SIZE,
+        max_body: int = MAX_BODY_SIZE,
+        alloc: Callable[[int], bytearray | mmap.mmap] = bytearray,
     ) -> None:
         self.max_header = max_header
         self.max_body = max_body
+        #: Where large bodies get their buffer (a pool, so they are recycled).
+        self.alloc = alloc
         self._scratch = bytearray(max(_SCRATCH_SIZE, max_header + PREFIX_LEN + _SMALL_BODY))
         self._start = 0
         self._end = 0
-        self._body: bytearray | None = None
+        self._body: bytearray | mmap.mmap | None = None
         self._body_filled = 0
         self._body_header = b""
         self._frames: list[Frame] = []
@@ -148,7 +158,7 @@ class FrameDecoder:
                 if bstart + blen > len(buf):
                     self._compact()
                 break
-            body_buf = bytearray(blen)
+            body_buf = self.alloc(blen)
             body_buf[:have] = buf[bstart : self._end]
             self._body, self._body_filled = body_buf, have
             self._body_header = bytes(buf[hstart:bstart])

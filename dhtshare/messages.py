@@ -19,6 +19,7 @@ import msgpack
 
 from dhtshare.config import MAX_CHUNKS, MAX_HEADER_SIZE
 from dhtshare.errors import RemoteProtocolError
+from dhtshare.framing import Buffer
 from dhtshare.ids import HASH_LEN, NODE_ID_LEN
 
 MAX_REQ_ID = 2**32 - 1
@@ -307,7 +308,7 @@ def payload(msg: Message) -> bytes:
     return b""
 
 
-def decode(header: bytes | bytearray, body: bytes | bytearray = b"") -> Message:
+def decode(header: bytes | bytearray, body: Buffer = b"") -> Message:
     """Parse and validate an untrusted header; :class:`RemoteProtocolError` on anything odd.
 
     ``body`` is the frame's body; only HAVE's is read here (DATA's stays with

@@ -36,7 +36,7 @@ from dhtshare.manifest import Manifest
 from dhtshare.peers import PeerPool
 from dhtshare.providers import ProviderRecord
 from dhtshare.store import ContentStore, Entry
-from dhtshare.transport import Connection
+from dhtshare.transport import Connection, Reply
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class Replicator:
         try:
             conn = await self._put_manifest(entry, addr, replicas)
             window = max(2, PUSH_WINDOW // manifest.chunk_size)
-            pending: dict[int, asyncio.Future[tuple[m.Message, bytes | bytearray]]] = {}
+            pending: dict[int, asyncio.Future[Reply]] = {}
             queue = list(indices)
             while queue or pending:
                 while queue and len(pending) < window:

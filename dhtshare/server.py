@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from dhtshare import messages as m
+from dhtshare.buffers import POOL
 from dhtshare.config import KIB, MIB
 from dhtshare.errors import DhtshareError, StorageError
+from dhtshare.framing import Buffer
 from dhtshare.manifest import Manifest
 from dhtshare.store import ContentStore, StorageFull
 from dhtshare.transport import Connection
@@ -41,7 +44,7 @@ class _Queue:
     """Per-connection request queue served by one task."""
 
     def __init__(self) -> None:
-        self.items: deque[tuple[m.Message, bytes | bytearray]] = deque()
+        self.items: deque[tuple[m.Message, Buffer]] = deque()
         self.cancelled: set[int] = set()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -62,7 +65,7 @@ class ChunkServer:
         self.bytes_stored = 0
 
     # -- Handler protocol ---------------------------------------------------------
-    def handle(self, conn: Connection, msg: m.Message, body: bytes | bytearray) -> None:
+    def handle(self, conn: Connection, msg: m.Message, body: Buffer) -> None:
         q = self._queues.get(conn)
         if q is None:
             q = self._queues[conn] = _Queue()
@@ -107,7 +110,7 @@ class ChunkServer:
             log.exception("error serving %s", conn.label)
             conn.abort("internal error")
 
-    async def _answer(self, conn: Connection, msg: m.Message, body: bytes | bytearray) -> None:
+    async def _answer(self, conn: Connection, msg: m.Message, body: Buffer) -> None:
         match msg:
             case m.GetManifest(req=req, manifest=h):
                 entry = self.store.get(h)
@@ -141,11 +144,18 @@ class ChunkServer:
         if entry is None or not entry.has(index) or entry.manifest.chunk_hash(index) != chunk:
             conn.send(m.NotFound(req))
             return
+        length = entry.manifest.chunk_length(index)
         try:
-            if entry.manifest.chunk_length(index) <= INLINE_READ:
-                data = entry.read_chunk(index)
-            else:
-                data = await asyncio.to_thread(entry.read_chunk, index)
+            if length > INLINE_READ:
+                # Large chunks go kernel to socket, never through Python.
+                offset = entry.manifest.chunk_offset(index)
+                file = entry.file()
+                if os.fstat(file.fileno()).st_size < offset + length:
+                    raise StorageError(f"{entry.path} is shorter than its manifest says")
+                await conn.send_file(m.Data(req), file, offset, length)
+                self.bytes_served += length
+                return
+            data = entry.read_chunk(index)
         except (OSError, StorageError) as err:
             log.warning("cannot read chunk %d of %s: %s", index, entry.path, err)
             conn.send(m.Error(req, m.ErrorCode.INTERNAL, "chunk unreadable"))
@@ -179,7 +189,7 @@ class ChunkServer:
         conn.send(m.Ok(req))
 
     async def _put_chunk(
-        self, conn: Connection, msg: m.PutChunk, body: bytes | bytearray
+        self, conn: Connection, msg: m.PutChunk, body: Buffer
     ) -> None:
         req, index = msg.req, msg.index
         entry = self.store.get(msg.manifest)
@@ -198,6 +208,7 @@ class ChunkServer:
         try:
             self.store.check_room(len(body))
             ok = await asyncio.to_thread(entry.cf.write_verified, index, body)
+            POOL.release(body)
         except StorageFull as err:
             conn.send(m.Error(req, m.ErrorCode.FULL, str(err)))
             return

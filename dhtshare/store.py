@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import msgpack
 
@@ -64,6 +64,7 @@ class Entry:
     #: Open writer for replica data (replicas only).
     cf: ChunkFile | None = field(default=None, repr=False)
     _fd: int | None = field(default=None, repr=False)
+    _file: BinaryIO | None = field(default=None, repr=False)
     _checked: float = field(default=0.0, repr=False)
     valid: bool = True
 
@@ -99,10 +100,19 @@ class Entry:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         return self._fd
 
+    def file(self) -> BinaryIO:
+        """An open, unbuffered file object on the content (for sendfile; opened once)."""
+        if self._file is None:
+            self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        return self._file
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self.cf is not None:
             self.cf.close()
             self.cf = None

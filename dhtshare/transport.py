@@ -20,18 +20,20 @@ import itertools
 import logging
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from dhtshare import messages as m
+from dhtshare.buffers import POOL
 from dhtshare.config import PROTOCOL_VERSION
 from dhtshare.errors import (
     DhtshareError,
+    LocalProtocolError,
     PeerError,
     PeerTimeout,
     PeerUnreachable,
     RemoteProtocolError,
 )
-from dhtshare.framing import FrameDecoder, encode_prefix
+from dhtshare.framing import Buffer, FrameDecoder, encode_prefix
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ WRITE_HIGH_WATER = 8 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 
 Body = bytes | bytearray | memoryview
-Reply = tuple[m.Message, bytes | bytearray]
+Reply = tuple[m.Message, Buffer]
 
 
 class NotFoundReply(DhtshareError):
@@ -52,7 +54,7 @@ class NotFoundReply(DhtshareError):
 class Handler(Protocol):
     """Serves requests a peer sends us (see :mod:`dhtshare.server`)."""
 
-    def handle(self, conn: Connection, msg: m.Message, body: bytes | bytearray) -> None: ...
+    def handle(self, conn: Connection, msg: m.Message, body: Buffer) -> None: ...
 
     def closed(self, conn: Connection) -> None: ...
 
@@ -69,7 +71,7 @@ class Connection(asyncio.BufferedProtocol):
         self._hello = hello
         self.handler = handler
         self._on_close = on_close
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(alloc=POOL.get)
         self.transport: asyncio.Transport | None = None
         self.peer_hello: m.Hello | None = None
         self.peername: tuple[str, int] = ("?", 0)
@@ -84,6 +86,8 @@ class Connection(asyncio.BufferedProtocol):
         self.close_reason: str | None = None
         self.have_listeners: dict[bytes, Callable[[tuple[int, ...]], None]] = {}
         self.bytes_received = 0
+        #: While a body goes out with sendfile, other writes wait here.
+        self._held: list[bytes | bytearray | memoryview] | None = None
 
     # -- asyncio protocol callbacks ------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -190,9 +194,43 @@ class Connection(asyncio.BufferedProtocol):
         if self.transport is None or self.transport.is_closing():
             return
         body = body or m.payload(msg)
-        self.transport.write(encode_prefix(m.encode(msg), len(body)))
+        prefix = encode_prefix(m.encode(msg), len(body))
+        if self._held is not None:
+            self._held.append(prefix)
+            if body:
+                self._held.append(bytes(body))
+            return
+        self.transport.write(prefix)
         if body:
             self.transport.write(body)
+
+    async def send_file(self, msg: m.Message, file: BinaryIO, offset: int, count: int) -> None:
+        """Send ``msg`` with ``count`` bytes of ``file`` as its body, kernel to socket.
+
+        ``loop.sendfile`` uses ``sendfile(2)`` on a plain TCP transport (the
+        payload never enters Python) and falls back to read-and-write on any
+        other transport, so a wrapped (encrypted) link later still works.
+        Other messages sent meanwhile are held and follow the body.
+        """
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._held is not None:
+            raise LocalProtocolError("send_file while another send_file is running")
+        self.transport.write(encode_prefix(m.encode(msg), count))
+        self._held = []
+        try:
+            sent = await self._loop.sendfile(self.transport, file, offset, count)
+        except (OSError, RuntimeError) as err:
+            self.abort(f"sending a file failed: {err}")
+            return
+        finally:
+            held, self._held = self._held, None
+            if self.transport is not None and not self.transport.is_closing():
+                for data in held:
+                    self.transport.write(data)
+        if sent != count:
+            # The frame promised ``count`` bytes: the stream cannot be repaired.
+            self.abort(f"file ended after {sent} of {count} bytes")
 
     async def drain(self) -> None:
         """Wait until the kernel has taken most of what we queued."""
@@ -227,7 +265,7 @@ class Connection(asyncio.BufferedProtocol):
             self.forget(req)
             raise PeerTimeout(f"peer {self.label} did not answer in {timeout:.0f} s") from err
 
-    async def get_manifest(self, manifest: bytes, timeout: float) -> bytes | bytearray:
+    async def get_manifest(self, manifest: bytes, timeout: float) -> Buffer:
         req = self.next_id()
         reply, body = await self.request(m.GetManifest(req, manifest), req, timeout)
         return self._payload(reply, body)
@@ -240,7 +278,7 @@ class Connection(asyncio.BufferedProtocol):
         self._payload(reply, b"")
         raise RemoteProtocolError("unexpected answer to GET_HAVE")
 
-    def _payload(self, reply: m.Message, body: bytes | bytearray) -> bytes | bytearray:
+    def _payload(self, reply: m.Message, body: Buffer) -> Buffer:
         if isinstance(reply, m.Data):
             return body
         if isinstance(reply, m.NotFound):
@@ -250,7 +288,7 @@ class Connection(asyncio.BufferedProtocol):
         raise RemoteProtocolError(f"unexpected answer {type(reply).__name__}")
 
     # -- dispatch ---------------------------------------------------------------------
-    def _dispatch(self, msg: m.Message, body: bytes | bytearray) -> None:
+    def _dispatch(self, msg: m.Message, body: Buffer) -> None:
         if self.peer_hello is None:
             if not isinstance(msg, m.Hello):
                 raise RemoteProtocolError(f"expected HELLO, got {type(msg).__name__}")
