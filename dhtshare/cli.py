@@ -9,15 +9,11 @@ fast.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
-import shutil
-import signal
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -28,6 +24,8 @@ from dhtshare.config import DEFAULT_REPLICAS
 from dhtshare.errors import ConfigError, DhtshareError, NodeNotRunning, ReplicationShort
 
 if TYPE_CHECKING:
+    import asyncio
+
     from dhtshare.config import Config
     from dhtshare.node import Node
 
@@ -96,15 +94,22 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; user errors become one line on stderr and an exit code."""
+def _guard(fn: Callable[[], T]) -> T:
+    """Run ``fn``; user errors become one line on stderr and an exit code."""
     try:
-        return asyncio.run(coro)
+        return fn()
     except DhtshareError as err:
         _fail(str(err), err.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` in a fresh event loop, with user errors handled as in :func:`_guard`."""
+    import asyncio
+
+    return _guard(lambda: asyncio.run(coro))
 
 
 def _data_dir(value: Path | None) -> Path:
@@ -144,6 +149,9 @@ def _config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, int], 
 
 def _stop_on_signals() -> asyncio.Event:
     """An event set by SIGINT/SIGTERM; installed before anything starts."""
+    import asyncio
+    import signal
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -152,6 +160,8 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _wait_for_signal(node: Node, stop: asyncio.Event) -> None:
+    import asyncio
+
     stop_task = asyncio.ensure_future(stop.wait())
     node_task = asyncio.ensure_future(node.stopped.wait())
     await asyncio.wait([stop_task, node_task], return_when=asyncio.FIRST_COMPLETED)
@@ -203,19 +213,17 @@ class _Progress:
             self._bar.__exit__(None, None, None)
 
 
-async def _via_control(data_dir: Path, op: str, args: dict[str, Any],
-                       progress: _Progress) -> dict[str, Any] | None:
+def _via_control(data_dir: Path, op: str, args: dict[str, Any],
+                 progress: _Progress) -> dict[str, Any] | None:
     """Run ``op`` on the node of ``data_dir``; ``None`` when no node runs there."""
-    from dhtshare.control import ControlClient
+    from dhtshare import ctlclient
 
     try:
-        client = await ControlClient.connect(data_dir)
-    except NodeNotRunning:
+        return ctlclient.call(data_dir, op, args, progress.update)
+    except NodeNotRunning as err:
+        if err.__cause__ is None:
+            raise  # the node went away mid-operation: that is an error
         return None
-    try:
-        return await client.call(op, args, progress.update)
-    finally:
-        await client.close()
 
 
 def _short_lived_host(peers: tuple[tuple[str, int], ...]) -> str:
@@ -227,6 +235,8 @@ def _short_lived_host(peers: tuple[tuple[str, int], ...]) -> str:
 async def _with_node(config: Config, body: Callable[[Node], Awaitable[T]],
                      allow_temp: bool) -> T:
     """Start a node for ``config`` (or on a temp data dir if that one is busy) and run body."""
+    import shutil
+    import tempfile
     from dataclasses import replace
 
     from dhtshare.node import DataDirBusy, Node
@@ -378,10 +388,10 @@ def publish(
                 raise ReplicationShort(msg)
             print(f"dhtshare: warning: {msg}", file=sys.stderr, flush=True)
 
-    async def main() -> None:
+    def main() -> None:
         args = {"path": str(path), "chunk_size": size, "copy": copy, "replicas": want}
         with _Progress("publishing", not json_out) as bar:
-            result = await _via_control(ddir, "publish", args, bar)
+            result = _via_control(ddir, "publish", args, bar)
         if result is not None:
             show(result)
             return
@@ -391,20 +401,25 @@ def publish(
                 "'dhtshare node --peer HOST:PORT', or pass --peer to publish and serve from here"
             )
         config = _config(ddir, host or _short_lived_host(peers), port, peers)
-        stop = _stop_on_signals()
 
-        async def body(node: Node) -> None:
-            with _Progress("publishing", not json_out) as bar:
-                result = await node.publish(path, size, lambda _k, d: bar.update(d), copy, want)
-            show(result)
-            if replicas is not None and want > 0:
-                return  # the replicas serve it from now on
-            print("serving until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
-            await _wait_for_signal(node, stop)
+        async def one_shot() -> None:
+            stop = _stop_on_signals()
 
-        await _with_node(config, body, allow_temp=False)
+            async def body(node: Node) -> None:
+                with _Progress("publishing", not json_out) as bar:
+                    result = await node.publish(path, size, lambda _k, d: bar.update(d), copy,
+                                                want)
+                show(result)
+                if replicas is not None and want > 0:
+                    return  # the replicas serve it from now on
+                print("serving until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+                await _wait_for_signal(node, stop)
 
-    _run(main())
+            await _with_node(config, body, allow_temp=False)
+
+        _run(one_shot())
+
+    _guard(main)
 
 
 @app.command()
@@ -449,11 +464,11 @@ def fetch(
               f"{len(result['peers'])} peer(s) in {secs:.2f} s ({rate:.1f} MB/s), verified",
               flush=True)
 
-    async def main() -> None:
+    def main() -> None:
         args = {"hash": h.hex(), "output": str(output) if output else None,
                 "cwd": str(cwd), "force": force}
         with _Progress("fetching", not json_out) as bar:
-            result = await _via_control(ddir, "fetch", args, bar)
+            result = _via_control(ddir, "fetch", args, bar)
             if result is None:
                 if not peers:
                     raise NodeNotRunning(
@@ -467,25 +482,25 @@ def fetch(
                                            lambda _k, d: bar.update(d))
                     return res.to_json()
 
-                result = await _with_node(config, body, allow_temp=True)
+                result = _run(_with_node(config, body, allow_temp=True))
         show(result)
 
-    _run(main())
+    _guard(main)
 
 
 def _node_op(data_dir: Path | None, op: str, args: dict[str, Any], label: str) -> dict[str, Any]:
     """Run ``op`` on the node of the data dir (which must be running)."""
     ddir = _data_dir(data_dir)
 
-    async def main() -> dict[str, Any]:
+    def main() -> dict[str, Any]:
         with _Progress(label, bool(label)) as bar:
-            result = await _via_control(ddir, op, args, bar)
+            result = _via_control(ddir, op, args, bar)
         if result is None:
             raise NodeNotRunning(f"no dhtshare node is running on data dir {ddir}: "
                                  "start one with 'dhtshare node'")
         return result
 
-    return _run(main())
+    return _guard(main)
 
 
 def _checked_hash(text: str) -> str:
@@ -556,16 +571,7 @@ def status(
 ) -> None:
     """Show what the node on the data dir holds and how many contacts it has."""
     _setup_logging(0)
-    ddir = _data_dir(data_dir)
-
-    async def main() -> dict[str, Any]:
-        with _Progress("", False) as bar:
-            result = await _via_control(ddir, "status", {}, bar)
-        if result is None:
-            raise NodeNotRunning(f"no dhtshare node is running on data dir {ddir}")
-        return result
-
-    result = _run(main())
+    result = _node_op(data_dir, "status", {}, "")
     if json_out:
         print(json.dumps(result))
         return

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -19,26 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from dhtshare import messages as m
-from dhtshare.errors import DhtshareError, NodeNotRunning, RemoteProtocolError
+from dhtshare.errors import DhtshareError, RemoteProtocolError
 from dhtshare.framing import FrameDecoder, encode_frame
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "control.sock"
-#: Unix socket paths are limited to 108 bytes; longer data dirs use /tmp.
-MAX_SUN_PATH = 100
 PROGRESS_INTERVAL = 0.1
 
 Emit = Callable[[str, dict[str, Any]], None]
 OpHandler = Callable[[dict[str, Any], Emit], Awaitable[dict[str, Any]]]
-
-
-def socket_path(data_dir: Path) -> Path:
-    path = data_dir.resolve() / SOCKET_NAME
-    if len(str(path)) <= MAX_SUN_PATH:
-        return path
-    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
-    return Path("/tmp") / f"dhtshare-{os.getuid()}-{digest}.sock"
 
 
 class ControlServer:
@@ -129,55 +117,3 @@ class ControlServer:
             event = m.ControlEvent(msg.req, "error", {"message": f"internal error: {err}"})
         writer.write(encode_frame(m.encode(event)))
         await writer.drain()
-
-
-class ControlClient:
-    """Connects to a node's control socket."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.decoder = FrameDecoder(max_body=0)
-
-    @classmethod
-    async def connect(cls, data_dir: Path) -> ControlClient:
-        path = socket_path(data_dir)
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(path))
-        except OSError as err:
-            raise NodeNotRunning(f"no dhtshare node is running on data dir {data_dir}") from err
-        return cls(reader, writer)
-
-    async def call(
-        self,
-        op: str,
-        args: dict[str, Any],
-        on_progress: Callable[[dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
-        self.writer.write(encode_frame(m.encode(m.Control(1, op, args))))
-        await self.writer.drain()
-        while True:
-            while (frame := self.decoder.next_frame()) is None:
-                data = await self.reader.read(65536)
-                if not data:
-                    raise NodeNotRunning("the node closed the control connection")
-                self.decoder.feed(data)
-            event = m.decode(frame.header)
-            if not isinstance(event, m.ControlEvent):
-                raise RemoteProtocolError("unexpected message on the control socket")
-            if event.kind == "progress":
-                if on_progress is not None:
-                    on_progress(event.data)
-                continue
-            if event.kind == "error":
-                err = DhtshareError(str(event.data.get("message", "unknown error")))
-                code = event.data.get("exit_code")
-                if isinstance(code, int):
-                    err.exit_code = code
-                raise err
-            return event.data
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()

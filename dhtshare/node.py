@@ -23,7 +23,8 @@ from typing import Any
 import msgpack
 
 from dhtshare.config import DEFAULT_REPLICAS, Config
-from dhtshare.control import ControlServer, Emit, socket_path
+from dhtshare.control import ControlServer, Emit
+from dhtshare.ctlclient import socket_path
 from dhtshare.dht import Dht, require_contacts
 from dhtshare.errors import (
     ConfigError,

@@ -1,0 +1,80 @@
+"""The client side of the control socket, blocking and free of asyncio.
+
+``dhtshare publish``/``fetch``/``status`` through a running node are one
+request and a stream of events on a Unix socket; doing that with a plain
+socket keeps asyncio (and its import time) out of the commands users run
+most.  If the user presses Ctrl-C, the socket closes and the node cancels the
+operation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dhtshare import messages as m
+from dhtshare.errors import DhtshareError, NodeNotRunning, RemoteProtocolError
+from dhtshare.framing import FrameDecoder, encode_frame
+
+SOCKET_NAME = "control.sock"
+#: Unix socket paths are limited to 108 bytes; longer data dirs use /tmp.
+MAX_SUN_PATH = 100
+
+
+def socket_path(data_dir: Path) -> Path:
+    """Where the node of ``data_dir`` listens for control requests."""
+    path = data_dir.resolve() / SOCKET_NAME
+    if len(str(path)) <= MAX_SUN_PATH:
+        return path
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    return Path("/tmp") / f"dhtshare-{os.getuid()}-{digest}.sock"
+
+
+def call(
+    data_dir: Path,
+    op: str,
+    args: dict[str, Any],
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``op`` on the node of ``data_dir`` and return its result.
+
+    Raises :class:`NodeNotRunning` when no node answers there, and the node's
+    own error (as :class:`DhtshareError`, with its exit code) when the
+    operation fails.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(str(socket_path(data_dir)))
+        except OSError as err:
+            raise NodeNotRunning(f"no dhtshare node is running on data dir {data_dir}") from err
+        sock.sendall(encode_frame(m.encode(m.Control(1, op, args))))
+        decoder = FrameDecoder(max_body=0)
+        while True:
+            frame = decoder.next_frame()
+            if frame is None:
+                data = sock.recv(65536)
+                if not data:
+                    raise NodeNotRunning("the node closed the control connection")
+                decoder.feed(data)
+                continue
+            event = m.decode(frame.header)
+            if not isinstance(event, m.ControlEvent):
+                raise RemoteProtocolError("unexpected message on the control socket")
+            if event.kind == "progress":
+                if on_progress is not None:
+                    on_progress(event.data)
+                continue
+            if event.kind == "error":
+                failure = DhtshareError(str(event.data.get("message", "unknown error")))
+                code = event.data.get("exit_code")
+                if isinstance(code, int):
+                    failure.exit_code = code
+                raise failure
+            return event.data
+    finally:
+        sock.close()
