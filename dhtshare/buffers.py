@@ -18,7 +18,7 @@ import mmap
 import threading
 
 #: Most bytes kept idle in the pool.
-POOL_BYTES = 64 * 1024 * 1024
+POOL_BYTES = 32 * 1024 * 1024
 #: Bodies smaller than this are not worth pooling.
 MIN_POOLED = 64 * 1024
 

@@ -65,6 +65,9 @@ class Config:
     join_timeout: float = 0.0
     connect_timeout: float = 5.0
     request_timeout: float = 30.0
+    #: A peer with requests in flight that delivers nothing for this long is
+    #: dropped from the fetch; its chunks go to the others.
+    peer_stall_timeout: float = 10.0
     #: Peers a fetch talks to at once.
     max_fetch_peers: int = 16
     #: Bytes requested but not yet received from one peer.

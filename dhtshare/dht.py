@@ -24,7 +24,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -102,18 +102,25 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if len(data) > MAX_DATAGRAM:
             return
-        self.spawn(self._guarded(self._solve_datagram(data, addr), addr))
+        self.spawn(self._guarded(self._solve_datagram, addr, data, addr))
 
-    async def _guarded(self, coro: Coroutine[Any, Any, Any], addr: Address) -> None:
+    async def _guarded(
+        self, fn: Callable[..., Coroutine[Any, Any, Any]], addr: Address, *args: Any
+    ) -> None:
+        """Run ``fn(*args)``; a malformed datagram must not surface as a task error.
+
+        The coroutine is made here, inside the task, so a task cancelled before
+        it ran (at shutdown) leaves no never-awaited coroutine behind.
+        """
         try:
-            await coro
+            await fn(*args)
         except asyncio.CancelledError:
             raise
         except Exception as err:
             log.debug("dropped malformed datagram from %s: %r", addr, err)
 
     async def _accept_request(self, msg_id: bytes, data: Any, address: Address) -> None:
-        await self._guarded(super()._accept_request(msg_id, data, address), address)
+        await self._guarded(super()._accept_request, address, msg_id, data, address)
 
     # -- liveness ---------------------------------------------------------------------
     def is_dead(self, address: Address) -> bool:

@@ -66,6 +66,8 @@ MAX_WINDOW = 256
 #: How long to keep looking for providers of missing chunks before giving up.
 STALL_TIMEOUT = 8.0
 LOOKUP_INTERVAL = 2.0
+#: The first look for more providers, once the download is under way.
+FIRST_RELOOKUP = 0.2
 MAX_LOOKUPS = 6
 #: How long one provider may take to hand over a manifest before the next is asked.
 MANIFEST_TIMEOUT = 10.0
@@ -345,10 +347,13 @@ class Fetch:
         last_done = -1
         await self._spawn(await self._lookup())
         self._starting = {a for a, t in self.workers.items() if not t.done()}
-        next_lookup = time.monotonic() + LOOKUP_INTERVAL
+        # Other downloaders announce themselves after their first chunk: look
+        # again soon, then less and less often, so they trade with us early.
+        discover = FIRST_RELOOKUP
+        next_lookup = time.monotonic() + discover
         while not self.picker.complete and self.fatal is None:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):
+                async with asyncio.timeout(min(0.5, max(0.01, next_lookup - time.monotonic()))):
                     await self.finished.wait()
             if self.picker.complete or self.fatal is not None:
                 break
@@ -362,7 +367,10 @@ class Fetch:
             if (stuck or len(alive) < self.s.config.max_fetch_peers) and now >= next_lookup:
                 if stuck:
                     lookups += 1
-                next_lookup = now + LOOKUP_INTERVAL * (1 + lookups)
+                    next_lookup = now + LOOKUP_INTERVAL * (1 + lookups)
+                else:
+                    discover = min(discover * 2, LOOKUP_INTERVAL)
+                    next_lookup = now + discover
                 await self._spawn(await self._lookup())
                 continue
             gave_up = stuck and lookups >= MAX_LOOKUPS
@@ -463,7 +471,7 @@ class Fetch:
         events: asyncio.Queue[tuple[int, int, asyncio.Future[Any]]] = asyncio.Queue()
         inflight: dict[int, int] = {}
         wake = self.wakeups[addr]
-        timeout = self.s.config.request_timeout
+        timeout = self.s.config.peer_stall_timeout
         loop = asyncio.get_running_loop()
         while not picker.complete and self.fatal is None:
             # Fair share: with several peers, none may grab more than its part
@@ -489,6 +497,8 @@ class Fetch:
                 async with asyncio.timeout(timeout):
                     req, idx, fut = await events.get()
             except TimeoutError as err:
+                log.warning("peer %s sent nothing for %.0f s with %d requests in flight",
+                            label, timeout, len(inflight))
                 raise PeerError(f"no chunk in {timeout:.0f} s") from err
             if fut.cancelled():
                 inflight.pop(req, None)
