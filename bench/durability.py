@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,21 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dhtshare.netaddr import free_port
+
 MIB = 1 << 20
-
-
-def free_port() -> int:
-    for _ in range(100):
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
 def cli(*args: str, timeout: float = 900) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dhtshare.errors import DhtshareError
+from dhtshare.netaddr import free_port
 
 START_TIMEOUT = 20.0
 STEP_TIMEOUT = 600.0
@@ -30,20 +30,6 @@ STEP_TIMEOUT = 600.0
 
 class DemoFailed(DhtshareError):
     """The demo network did not behave."""
-
-
-def _free_port(host: str) -> int:
-    for _ in range(100):
-        with socket.socket() as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise DemoFailed("no free port on 127.0.0.1")
 
 
 def _cli(*args: str) -> list[str]:
@@ -87,7 +73,7 @@ def _network(root: Path, n: int, say: Callable[[str], None]) -> Iterator[list[tu
     nodes: list[tuple[str, Path]] = []
     try:
         for i in range(1, n + 1):
-            port = _free_port(host)
+            port = free_port(host)
             ddir = root / f"node{i}"
             if i == 1:
                 args = _cli("bootstrap", "--host", host, "--port", str(port), "--data-dir",

@@ -266,37 +266,36 @@ class Replicator:
 
     async def repair(self, entry: Entry) -> Placement:
         """Restore ``entry.replicas`` durable copies of the chunks we lead."""
-        holders = await self.survey(entry)
-        want: dict[int, int] = {}
-        exclude: dict[int, set[bytes]] = {}
-        for i in entry.held_indices():
-            have = [x for x in holders if x.held is None or i in x.held]
-            durable = sum(1 for x in have if x.durable)
-            if durable >= entry.replicas:
-                continue
-            if min(x.node_id for x in have if x.replicas) != self.s.node_id:
-                continue  # the lowest-id holder that maintains copies repairs this chunk
-            want[i] = entry.replicas - durable
-            # A node with a mere download of it may still become a durable holder.
-            exclude[i] = {x.node_id for x in have if x.durable} | {self.s.node_id}
-        if want:
-            log.info("repairing %s: %d chunks below %d copies",
-                     short(entry.manifest.hash), len(want), entry.replicas)
-        return await self.place(entry, want, exclude, entry.replicas)
+        return await self._top_up(entry, leaving=False)
 
     async def hand_off(self, entry: Entry) -> Placement:
         """Before we drop ``entry``: copy chunks whose durable copies would fall below N."""
+        return await self._top_up(entry, leaving=True)
+
+    async def _top_up(self, entry: Entry, leaving: bool) -> Placement:
+        """Place the copies each chunk we hold lacks.
+
+        Repairing, only the lowest-id holder that maintains copies acts on a
+        chunk (one repairer, no stampede); leaving, we act on every chunk and
+        do not count our own copy.
+        """
+        me = self.s.node_id
         holders = await self.survey(entry)
         want: dict[int, int] = {}
         exclude: dict[int, set[bytes]] = {}
         for i in entry.held_indices():
             have = [x for x in holders if x.held is None or i in x.held]
-            others = sum(1 for x in have if x.durable and x.node_id != self.s.node_id)
-            if others < entry.replicas:
-                want[i] = entry.replicas - others
-                exclude[i] = {x.node_id for x in have if x.durable} | {self.s.node_id}
+            durable = sum(1 for x in have if x.durable and not (leaving and x.node_id == me))
+            if durable >= entry.replicas:
+                continue
+            if not leaving and min(x.node_id for x in have if x.replicas) != me:
+                continue
+            want[i] = entry.replicas - durable
+            # A node with a mere download of it may still become a durable holder.
+            exclude[i] = {x.node_id for x in have if x.durable} | {me}
         if want:
-            log.info("handing off %d chunks of %s", len(want), short(entry.manifest.hash))
+            log.info("%s %s: %d chunks below %d copies", "handing off" if leaving else "repairing",
+                     short(entry.manifest.hash), len(want), entry.replicas)
         return await self.place(entry, want, exclude, entry.replicas)
 
 
