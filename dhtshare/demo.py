@@ -2,7 +2,7 @@
 
 Starts a bootstrap node and four nodes as separate processes, publishes a
 generated file on node 2, fetches it on node 5 (and then on node 4, which
-pulls from both holders), compares SHA-256, stops every process and says
+pulls from every holder at once), compares SHA-256, stops every process and says
 what happened.  It drives the same CLI a user would.
 """
 
