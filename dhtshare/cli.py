@@ -560,7 +560,8 @@ def holders(hash_: HashArg, data_dir: DataDirOpt = None, json_out: JsonOpt = Fal
           f"{result['durable_copies_min']} durable copies of each")
     for x in result["holders"]:
         kind = "replica" if x["durable"] else "copy"
-        print(f"  {x['address'] or 'this node':22} {x['node_id'][:16]}  {kind:8} "
+        where = f"{x['address']} (this node)" if x["self"] else x["address"]
+        print(f"  {where:22} {x['node_id'][:16]}  {kind:8} "
               f"{x['chunks_held']}/{result['chunks']} chunks")
 
 

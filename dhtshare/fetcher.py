@@ -68,7 +68,8 @@ STALL_TIMEOUT = 8.0
 LOOKUP_INTERVAL = 2.0
 #: The first look for more providers, once the download is under way.
 FIRST_RELOOKUP = 0.2
-MAX_LOOKUPS = 6
+#: Fresh provider lookups while chunks have no provider, before giving up.
+MAX_LOOKUPS = 4
 #: How long one provider may take to hand over a manifest before the next is asked.
 MANIFEST_TIMEOUT = 10.0
 #: How long a fetch waits for an interrupted fetch of the same file to wind down.
@@ -367,7 +368,7 @@ class Fetch:
             if (stuck or len(alive) < self.s.config.max_fetch_peers) and now >= next_lookup:
                 if stuck:
                     lookups += 1
-                    next_lookup = now + LOOKUP_INTERVAL * (1 + lookups)
+                    next_lookup = now + LOOKUP_INTERVAL
                 else:
                     discover = min(discover * 2, LOOKUP_INTERVAL)
                     next_lookup = now + discover

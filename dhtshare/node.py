@@ -511,7 +511,10 @@ class Node:
             "name": manifest.name,
             "chunks": manifest.chunk_count,
             "holders": [
-                {"node_id": x.node_id.hex(), "address": f"{x.address[0]}:{x.address[1]}",
+                {"node_id": x.node_id.hex(),
+                 "address": (f"{x.address[0]}:{x.address[1]}" if x.node_id != self.node_id
+                             else f"{self.config.advertise or self.config.host}:{self.port}"),
+                 "self": x.node_id == self.node_id,
                  "durable": x.durable,
                  "chunks_held": manifest.chunk_count if x.held is None else len(x.held)}
                 for x in holders

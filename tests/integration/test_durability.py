@@ -184,3 +184,29 @@ def test_pin_and_unpin(cluster: Cluster, tmp_path: Path) -> None:
     durable = {x["address"] for x in view["holders"] if x["durable"]}
     assert nodes[3].addr not in durable
     assert view["durable_copies_min"] >= 1
+
+
+def test_fetch_with_unavailable_chunks_fails_clearly_and_keeps_verified(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    nodes = cluster.start(4)
+    src = make_file(tmp_path / "partial.bin", 4 * MIB, seed=81)
+    out = cli_json("publish", str(src), "--data-dir", str(nodes[1].data_dir), "--replicas",
+                   "1", "--chunk-size", "64K")
+    h = out["hash"]
+    view = holders(nodes[0], h)
+    holding = durable_nodes(view, nodes)
+    assert len(holding) >= 2, view  # the chunks are spread over several nodes
+    # Lose the publisher and one replica holder: some chunks are now nowhere.
+    nodes[1].kill()
+    lost = holding[0]
+    lost.kill()
+    fetcher = next(n for n in nodes if n.alive() and n is not holding[1])
+    target = tmp_path / "incomplete.bin"
+    res = run_cli("fetch", h, "-o", str(target), "--data-dir", str(fetcher.data_dir))
+    assert res.returncode != 0
+    assert "chunks could not be fetched" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not target.exists()
+    journal = tmp_path / f".incomplete.bin.{h[:16]}.part.have"
+    assert journal.exists()  # what was verified is kept for a later resume
