@@ -7,7 +7,7 @@ down; no module reads flags or the environment on its own.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 KIB = 1024
@@ -78,4 +78,3 @@ class Config:
     repair_interval: float = 300.0
     #: Longest a stopping node spends handing off chunks before it exits.
     handoff_timeout: float = 30.0
-    extra: dict[str, str] = field(default_factory=dict)

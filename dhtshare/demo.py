@@ -9,19 +9,19 @@ what happened.  It drives the same CLI a user would.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from dhtshare.errors import DhtshareError
+from dhtshare.ids import sha256_file
 from dhtshare.netaddr import free_port
 
 START_TIMEOUT = 20.0
@@ -39,22 +39,15 @@ def _cli(*args: str) -> list[str]:
 def _start(args: list[str], log: Path) -> subprocess.Popen[str]:
     with open(log, "w") as fh:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=fh, text=True)
-    deadline = time.monotonic() + START_TIMEOUT
     assert proc.stdout is not None
-    line = proc.stdout.readline()  # the node prints one line once it is listening
-    if "listening on" not in line or time.monotonic() > deadline:
+    # The node prints one line once it is listening; never wait for it unbounded.
+    ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
+    line = proc.stdout.readline() if ready else ""
+    if "listening on" not in line:
         proc.kill()
         proc.wait()
         raise DemoFailed(f"a node did not start; see {log}")
     return proc
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _make_file(path: Path, size: int) -> None:
@@ -116,7 +109,7 @@ def run_demo(size: int, nodes: int, keep: bool, say: Callable[[str], None]) -> N
     try:
         src = root / "demo-file.bin"
         _make_file(src, size)
-        want = _sha256(src)
+        want = sha256_file(src)
         say(f"generated {src.name}: {size} bytes, sha256 {want[:16]}...")
         with _network(root, nodes, say) as net:
             pub = _run_json(_cli("publish", str(src), "--data-dir", str(net[1][1]), "--json"))
@@ -129,7 +122,7 @@ def run_demo(size: int, nodes: int, keep: bool, say: Callable[[str], None]) -> N
                                      str(net[target][1]), "--json"))
                 rate = got["size"] / max(got["elapsed"], 1e-9) / 1e6
                 sources = ", ".join(f"{p} {b} B" for p, b in got["peers"].items())
-                ok = _sha256(out) == want
+                ok = sha256_file(out) == want
                 say(f"fetched on node{target + 1} in {got['elapsed']:.2f} s ({rate:.0f} MB/s) "
                     f"from {sources}: sha256 {'matches' if ok else 'DIFFERS'}")
                 if not ok:

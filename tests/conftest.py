@@ -22,19 +22,14 @@ from typing import Any
 
 import pytest
 
+from dhtshare.ids import sha256_file
 from dhtshare.netaddr import free_port
+
+__all__ = ["free_port", "sha256_file"]  # re-exported for the test modules
 
 LOOPBACK = "127.0.0.1"
 NODE_START_TIMEOUT = 20.0
 CLI_TIMEOUT = 120.0
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def make_file(path: Path, size: int, seed: int = 0) -> Path:
