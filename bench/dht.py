@@ -1,6 +1,6 @@
 """DHT benchmark: a multi-process loopback network of ``dhtshare.dht.Dht`` nodes.
 
-    python bench/dht.py [--nodes 50] [--procs 5] [--lookups 200] [--out bench/results]
+    python bench/dht.py [--nodes 50] [--procs 5] [--lookups 1000] [--out bench/results]
 
 Spawns ``--procs`` worker processes (``bench/dht_worker.py``), each hosting
 ``nodes/procs`` DHT nodes on 127.0.0.1, all joined through node 0, and drives
@@ -268,6 +268,7 @@ async def run_lookups(
             "kind": t.kind,
             "from": g,
             "latency": res["latency"],
+            "cost": res.get("cost", {}),
             "found": len(found),
             "ok": ok,
             "stale": stale,
@@ -331,6 +332,22 @@ def summarize_lookups(
         "timeout_pairs": len(pairs),
         "lookups_with_timeouts": sum(bool(r["op"].get("timeouts")) for r in results),
         "slow_over_1s": sum(x >= 1.0 for x in lat),
+        **cost_summary(results),
+    }
+
+
+def cost_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the lookups themselves report (queries, hops, stale queries), if they do."""
+    costs = [r["cost"] for r in results if r.get("cost")]
+    if not costs:
+        return {"hops_max": None}
+    hops = [c["hops"] for c in costs]
+    return {
+        "queries_per_lookup": statistics.fmean(c["queries"] for c in costs),
+        "stale_per_lookup": statistics.fmean(c["stale"] for c in costs),
+        "failures_per_lookup": statistics.fmean(c["failures"] for c in costs),
+        "hops_median": statistics.median(hops),
+        "hops_max": max(hops),
     }
 
 
@@ -394,11 +411,14 @@ async def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[st
             if res["answered"] != 1:
                 raise RuntimeError(f"node {ref.g} could not join through node 0")
         join_wall = time.monotonic() - t0
-        # One routing-table refresh each (kademlia refreshes lonely buckets hourly):
-        # the first nodes joined a near-empty network.
+        # The first nodes joined a near-empty network.  Before 2026-12 a node never
+        # refreshed its table on its own (kademlia does it hourly), so the bench
+        # gave every node a second join; --rejoin-pass measures that old setup.
         t0 = time.monotonic()
-        for ref in net.nodes[1:]:
-            await net.call(ref.g, "bootstrap", peer=seed)
+        if args.rejoin_pass:
+            for ref in net.nodes[1:]:
+                await net.call(ref.g, "bootstrap", peer=seed)
+        await asyncio.sleep(args.settle)  # let background table refreshes finish
         refresh_wall = time.monotonic() - t0
         contacts = [s["contacts"] for s in await net.stats()]
         report["join"] = {
@@ -410,7 +430,7 @@ async def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[st
         }
         log(
             f"joined {args.nodes} nodes in {procs} processes: {join_wall:.1f} s "
-            f"(+{refresh_wall:.1f} s refresh), routing table sizes "
+            f"(+{refresh_wall:.1f} s settling), routing table sizes "
             f"{min(contacts)}..{max(contacts)}"
         )
 
@@ -475,6 +495,31 @@ async def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[st
             "per_chunk": per_chunk,
         }
         log(f"per-chunk: {per_chunk['wall']:.1f} s, {per_chunk['stored']} stores")
+
+        # -- 1b. where records land: many keys, each announced by a random node ----------
+        load_keys = [os.urandom(32).hex() for _ in range(args.load_keys)]
+        sem = asyncio.Semaphore(args.concurrency)
+
+        async def load_one(h: str) -> None:
+            async with sem:
+                await announce(net, rng.randrange(args.nodes), [h])
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(load_one(h) for h in load_keys))
+        per_node = sorted(s["records"] for s in await net.stats())
+        report["load"] = {
+            "keys": len(load_keys),
+            "wall": time.monotonic() - t0,
+            "records_min": per_node[0],
+            "records_median": statistics.median(per_node),
+            "records_p99": pct([float(x) for x in per_node], 99),
+            "records_max": per_node[-1],
+        }
+        sa = [x["stale_after"] for x in await net.stats() if x.get("stale_after")]
+        if sa:
+            log(f"stale-after estimates: median {ms(statistics.median(sa))}, max {ms(max(sa))}")
+        log(f"records per node after {len(load_keys)} more announces: median "
+            f"{report['load']['records_median']:g}, max {per_node[-1]}")
 
         # -- 2. lookups with every node alive --------------------------------------------
         n_kill = round(args.nodes * args.kill_fraction)
@@ -588,9 +633,10 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"`python bench/dht.py --nodes {p['nodes']} --procs {p['procs']} "
         f"--lookups {p['lookups']}` at {r['when']} on {r['host']}: {p['nodes']} "
-        f"`dhtshare.dht.Dht` nodes (default RPC timeout 1.5 s, dead-peer cache 60 s) in "
+        f"`dhtshare.dht.Dht` nodes (RPC timeout 1.5 s, dead-peer cache 300 s) in "
         f"{p['procs']} processes on 127.0.0.1, joined one by one through node 0 "
-        f"({r['join']['wall']:.1f} s, then one self-lookup each); routing tables hold "
+        f"({r['join']['wall']:.1f} s"
+        f"{', then a second join each' if p.get('rejoin_pass') else ''}); routing tables hold "
         f"{r['join']['contacts_min']}..{r['join']['contacts_max']} contacts "
         f"(median {r['join']['contacts_median']:g}).  Whole run {r['wall']:.0f} s.",
         "",
@@ -616,6 +662,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"each announce took median {ms(chunk['announce_median'])}, p95 "
         f"{ms(chunk['announce_p95'])}.",
         "",
+        f"Where records land: after {r['load']['keys']} more keys, each announced by a "
+        f"random node, nodes hold median {r['load']['records_median']:g} records, p99 "
+        f"{r['load']['records_p99']:g}, max {r['load']['records_max']} (max / median "
+        f"{r['load']['records_max'] / max(1, r['load']['records_median']):.2f}).",
+        "",
         "### Provider lookups",
         "",
         f"{p['hashes']} hashes with one provider (which survives the kill) and {p['dual']} "
@@ -625,8 +676,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{p['nodes']} nodes ({p['kill_fraction']:.0%}) are stopped without withdrawing.",
         "",
         "| phase | concurrency | success | sole provider alive | 1 of 2 providers alive "
-        "| median | p95 | max | RPCs / lookup | timeouts / lookup | time blocked on timeouts |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| median | p95 | max | RPCs / lookup | stale queries / lookup | hops median / max "
+        "| time blocked on timeouts |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in r["lookups"]:
         name = s["name"]
@@ -637,7 +689,9 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {name} | {s['concurrency']} | {rate(s['ok'], s['n'])} "
             f"| {rate(k1['ok'], k1['n'])} | {rate(k2['ok'], k2['n'])} "
             f"| {ms(s['median'])} | {ms(s['p95'])} | {ms(s['max'])} "
-            f"| {s['rpcs_per_lookup']:.1f} | {s['timeouts_per_lookup']:.2f} "
+            f"| {s['rpcs_per_lookup']:.1f} "
+            f"| {_num(s.get('stale_per_lookup'), '.2f')} "
+            f"| {_num(s.get('hops_median'), 'g')} / {_num(s.get('hops_max'), 'g')} "
             f"| {100 * s['blocked_share']:.0f} % |"
         )
     after = [s for s in r["lookups"] if s["since_kill_s"] is not None]
@@ -684,6 +738,10 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _num(v: float | None, fmt: str) -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
 def replace_section(path: Path, section: str) -> None:
     """Put ``section`` (starting with ``## DHT``) in ``path``, replacing an older one."""
     text = path.read_text() if path.exists() else "# Benchmark results\n\n"
@@ -699,7 +757,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=50)
     ap.add_argument("--procs", type=int, default=5)
-    ap.add_argument("--lookups", type=int, default=200)
+    ap.add_argument("--lookups", type=int, default=1000, help="lookups per row")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument(
         "--concurrency",
@@ -714,6 +772,14 @@ def main() -> None:
     ap.add_argument("--publish-trials", type=int, default=5)
     ap.add_argument("--chunk-concurrency", type=int, default=8)
     ap.add_argument("--kill-fraction", type=float, default=0.3)
+    ap.add_argument("--load-keys", type=int, default=None,
+                    help="extra random keys announced to see where records land "
+                    "[default: 2 per node]")
+    ap.add_argument("--settle", type=float, default=3.0,
+                    help="seconds to let joins' background table refreshes finish")
+    ap.add_argument("--rejoin-pass", action="store_true",
+                    help="join every node a second time (how this bench filled tables "
+                    "before nodes refreshed their own)")
     ap.add_argument("--after-announces", type=int, default=10)
     ap.add_argument(
         "--wait", type=float, default=10.0, help="seconds between the two post-kill lookup rounds"
@@ -723,6 +789,8 @@ def main() -> None:
         "--budget", type=float, default=300.0, help="hard limit on the whole run, seconds"
     )
     args = ap.parse_args()
+    if args.load_keys is None:
+        args.load_keys = 2 * args.nodes
     if args.nodes < 4 or args.lookups < 1 or args.hashes < 1:
         ap.error("need at least 4 nodes, 1 lookup and 1 hash")
 

@@ -188,11 +188,21 @@ class Worker:
         n = self.node(node)
         op = Op()
         _OP.set(op)
-        recs = await n.dht.find_providers(bytes.fromhex(hash))
+        h = bytes.fromhex(hash)
+        detailed = getattr(n.dht, "lookup_providers", None)  # absent before 2026-12
+        cost: dict[str, Any] = {}
+        if detailed is not None:
+            res = await detailed(h)
+            recs = [r for r in res.records.values() if r.node_id != n.dht.node_id]
+            cost = {"queries": res.queries, "hops": res.hops, "stale": res.stale,
+                    "failures": res.failures}
+        else:
+            recs = await n.dht.find_providers(h)
         return {
             "latency": time.monotonic() - op.start,
             "providers": [[r.node_id.hex(), r.host, r.port, r.complete] for r in recs],
             "op": op.to_json(),
+            "cost": cost,
         }
 
     async def cmd_kill(self, nodes: list[int]) -> dict[str, Any]:
@@ -210,6 +220,12 @@ class Worker:
                     "alive": n.alive,
                     "contacts": len(n.dht.contacts()) if n.alive else 0,
                     "keys": len(n.dht.providers),
+                    # Records held for others (an announcer also keeps its own).
+                    "records": sum(len(v) - (n.dht.node_id in v)
+                                   for v in n.dht.providers._data.values())
+                    if n.alive else 0,
+                    "stale_after": n.dht.protocol.rtt.stale_after()
+                    if n.alive and hasattr(n.dht.protocol, "rtt") else None,
                     "dead_cache": len(n.dht.protocol._dead) if n.alive else 0,
                     "contact_ports": [c[2] for c in n.dht.contacts()] if n.alive else [],
                     "stats": dict(n.stats),
