@@ -44,6 +44,7 @@ class MsgType(IntEnum):
     PUT_MANIFEST = 11
     PUT_CHUNK = 12
     OK = 13
+    BYE = 14
     CONTROL = 32
     CONTROL_EVENT = 33
 
@@ -185,6 +186,14 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class Bye:
+    """The sender is leaving the network (stopped politely): forget it now."""
+
+    TYPE: ClassVar[MsgType] = MsgType.BYE
+    reason: str = "shutting down"
+
+
+@dataclass(frozen=True, slots=True)
 class Control:
     """A request on the local control socket (``op`` with keyword arguments)."""
 
@@ -218,6 +227,7 @@ Message: TypeAlias = (
     | PutManifest
     | PutChunk
     | Ok
+    | Bye
     | Control
     | ControlEvent
 )
@@ -247,6 +257,8 @@ def encode(msg: Message) -> bytes:
             fields = [msg.req, msg.manifest, msg.index, msg.chunk]
         case HaveUpdate():
             fields = [msg.manifest, list(msg.indices)]
+        case Bye():
+            fields = [msg.reason[:MAX_TEXT]]
         case Control():
             fields = [msg.req, msg.op, msg.args]
         case ControlEvent():
@@ -379,6 +391,8 @@ def decode(header: bytes | bytearray, body: Buffer = b"") -> Message:
             return HaveUpdate(_hash(f[0]), tuple(_int(i, 0, MAX_CHUNKS - 1, "index") for i in idx))
         case MsgType.CANCEL:
             return Cancel(_req(f[0]))
+        case MsgType.BYE:
+            return Bye(_text(f[0], "reason"))
         case MsgType.CONTROL:
             return Control(_req(f[0]), _text(f[1], "control op"), _map(f[2], "control args"))
         case MsgType.CONTROL_EVENT:
@@ -400,6 +414,7 @@ _ARITY = {
     MsgType.OK: 1,
     MsgType.HAVE_UPDATE: 2,
     MsgType.CANCEL: 1,
+    MsgType.BYE: 1,
     MsgType.CONTROL: 3,
     MsgType.CONTROL_EVENT: 3,
 }

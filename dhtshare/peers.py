@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from dhtshare import messages as m
 from dhtshare.transport import Connection, Handler, connect
@@ -16,10 +17,17 @@ Address = tuple[str, int]
 class PeerPool:
     """Outbound connections keyed by the peer's advertised address."""
 
-    def __init__(self, hello: m.Hello, handler: Handler | None, timeout: float) -> None:
+    def __init__(
+        self,
+        hello: m.Hello,
+        handler: Handler | None,
+        timeout: float,
+        on_close: Callable[[Connection], None] | None = None,
+    ) -> None:
         self._hello = hello
         self._handler = handler
         self._timeout = timeout
+        self._on_close = on_close
         self._conns: dict[Address, Connection] = {}
         self._connecting: dict[Address, asyncio.Task[Connection]] = {}
 
@@ -51,10 +59,19 @@ class PeerPool:
         for addr, c in list(self._conns.items()):
             if c is conn:
                 del self._conns[addr]
+        if self._on_close is not None:
+            self._on_close(conn)
 
-    def close_all(self) -> None:
+    def connections(self) -> list[Connection]:
+        return [c for c in self._conns.values() if c.is_open]
+
+    def close_all(self, bye: str | None = None) -> None:
+        """Close every connection; with ``bye``, tell each peer we are leaving first."""
         for task in self._connecting.values():
             task.cancel()
         for conn in list(self._conns.values()):
-            conn.close()
+            if bye is not None:
+                conn.say_bye(bye)
+            else:
+                conn.close()
         self._conns.clear()

@@ -86,6 +86,8 @@ class Connection(asyncio.BufferedProtocol):
         self.close_reason: str | None = None
         self.have_listeners: dict[bytes, Callable[[tuple[int, ...]], None]] = {}
         self.bytes_received = 0
+        #: Why the peer said it was leaving (its BYE), if it did.
+        self.farewell: str | None = None
         #: While a body goes out with sendfile, other writes wait here.
         self._held: list[bytes | bytearray | memoryview] | None = None
 
@@ -177,6 +179,13 @@ class Connection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.close_reason = self.close_reason or "closed by us"
             self.transport.close()
+
+    def say_bye(self, reason: str = "shutting down") -> None:
+        """Tell the peer we are leaving the network, then close (queued data still goes)."""
+        if self.peer_hello is not None:
+            self.send(m.Bye(reason))
+        self.close_reason = self.close_reason or f"we left ({reason})"
+        self.close()
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
@@ -318,6 +327,11 @@ class Connection(asyncio.BufferedProtocol):
                         raise RemoteProtocolError("too many outstanding requests")
                     self.incoming += 1
                 self.handler.handle(self, msg, body)
+            case m.Bye():
+                self.farewell = msg.reason
+                self.close_reason = f"peer left the network ({msg.reason})"
+                log.info("peer %s is leaving: %s", self.label, msg.reason)
+                self.close()
             case m.Hello():
                 raise RemoteProtocolError("second HELLO")
             case _:

@@ -18,6 +18,7 @@ from dhtshare.messages import (
     MAX_REPLICAS,
     MAX_REQ_ID,
     MAX_TEXT,
+    Bye,
     Cancel,
     Control,
     ControlEvent,
@@ -122,6 +123,7 @@ MESSAGE_STRATEGIES: dict[MsgType, st.SearchStrategy[Message]] = {
         indices=st.lists(indices, max_size=50).map(tuple) | st.just(tuple(range(MAX_HAVE_BATCH))),
     ),
     MsgType.CANCEL: st.builds(Cancel, req=reqs),
+    MsgType.BYE: st.builds(Bye, reason=texts),
     MsgType.CONTROL: st.builds(Control, req=reqs, op=texts, args=str_maps),
     MsgType.CONTROL_EVENT: st.builds(ControlEvent, req=reqs, kind=texts, data=str_maps),
 }
@@ -255,6 +257,7 @@ VALID = {
     MsgType.OK: [1],
     MsgType.HAVE_UPDATE: [H, [0, 1]],
     MsgType.CANCEL: [1],
+    MsgType.BYE: ["shutting down"],
     MsgType.CONTROL: [1, "op", {"k": 1}],
     MsgType.CONTROL_EVENT: [1, "kind", {"k": 1}],
 }
