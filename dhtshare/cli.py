@@ -45,6 +45,8 @@ log = logging.getLogger("dhtshare")
 
 #: Seconds a long-running node retries joining (its peers may be starting too).
 LONG_RUNNING_JOIN = 60.0
+#: ``status`` answers at once, even while the node joins; this long means it is stuck.
+STATUS_TIMEOUT = 10.0
 
 DataDirOpt = Annotated[
     Path | None,
@@ -159,14 +161,22 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _wait_for_signal(node: Node, stop: asyncio.Event) -> None:
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
     import asyncio
 
-    stop_task = asyncio.ensure_future(stop.wait())
-    node_task = asyncio.ensure_future(node.stopped.wait())
-    await asyncio.wait([stop_task, node_task], return_when=asyncio.FIRST_COMPLETED)
-    stop_task.cancel()
-    node_task.cancel()
+    waits = [asyncio.ensure_future(ev.wait()) for ev in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def _wait_for_signal(node: Node, stop: asyncio.Event) -> None:
+    await _first(stop, node.stopped, node.gave_up)
+    if node.join_error is not None:
+        raise node.join_error
     log.info("shutting down")
 
 
@@ -205,21 +215,27 @@ class _Progress:
         return self
 
     def update(self, data: dict[str, Any]) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=data.get("done", 0), total=data.get("total"))
+        if self._bar is None:
+            return
+        if data.get("stage") == "joining":
+            self._bar.update(self._task, description=f"{self._label} (joining the network)")
+            return
+        self._bar.update(self._task, completed=data.get("done", 0), total=data.get("total"),
+                         description=self._label)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
 
 
-def _via_control(data_dir: Path, op: str, args: dict[str, Any],
-                 progress: _Progress) -> dict[str, Any] | None:
+def _via_control(data_dir: Path, op: str, args: dict[str, Any], progress: _Progress,
+                 idle_timeout: float | None = None) -> dict[str, Any] | None:
     """Run ``op`` on the node of ``data_dir``; ``None`` when no node runs there."""
     from dhtshare import ctlclient
 
     try:
-        return ctlclient.call(data_dir, op, args, progress.update)
+        return ctlclient.call(data_dir, op, args, progress.update,
+                              idle_timeout or ctlclient.IDLE_TIMEOUT)
     except NodeNotRunning as err:
         if err.__cause__ is None:
             raise  # the node went away mid-operation: that is an error
@@ -279,7 +295,11 @@ def _serve(data_dir: Path | None, host: str, port: int, peers: tuple[tuple[str, 
 
         stop = _stop_on_signals()
         async with Node(config) as node:
-            _ready_line(node)
+            # The control socket already answers (status says "joining"); the
+            # ready line keeps meaning "up and part of the network".
+            await _first(node.joined, stop)
+            if node.joined.is_set() and node.join_error is None:
+                _ready_line(node)
             await _wait_for_signal(node, stop)
 
     _run(main())
@@ -488,13 +508,14 @@ def fetch(
     _guard(main)
 
 
-def _node_op(data_dir: Path | None, op: str, args: dict[str, Any], label: str) -> dict[str, Any]:
+def _node_op(data_dir: Path | None, op: str, args: dict[str, Any], label: str,
+             idle_timeout: float | None = None) -> dict[str, Any]:
     """Run ``op`` on the node of the data dir (which must be running)."""
     ddir = _data_dir(data_dir)
 
     def main() -> dict[str, Any]:
         with _Progress(label, bool(label)) as bar:
-            result = _via_control(ddir, op, args, bar)
+            result = _via_control(ddir, op, args, bar, idle_timeout)
         if result is None:
             raise NodeNotRunning(f"no dhtshare node is running on data dir {ddir}: "
                                  "start one with 'dhtshare node'")
@@ -572,11 +593,12 @@ def status(
 ) -> None:
     """Show what the node on the data dir holds and how many contacts it has."""
     _setup_logging(0)
-    result = _node_op(data_dir, "status", {}, "")
+    result = _node_op(data_dir, "status", {}, "", idle_timeout=STATUS_TIMEOUT)
     if json_out:
         print(json.dumps(result))
         return
-    print(f"node {result['node_id'][:16]} on {result['host']}:{result['port']}, "
+    state = result.get("state", "joined")
+    print(f"node {result['node_id'][:16]} on {result['host']}:{result['port']}, {state}, "
           f"{result['contacts']} DHT contacts, {result['bytes_served']} bytes served")
     for item in result["content"]:
         state = "complete" if item["complete"] else "partial"

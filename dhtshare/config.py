@@ -63,6 +63,8 @@ class Config:
     dead_peer_ttl: float = 300.0
     #: How long a node keeps retrying to join through its peers at start-up.
     join_timeout: float = 0.0
+    #: How long an operation that needs the network waits for a joining node.
+    join_wait: float = 30.0
     connect_timeout: float = 5.0
     request_timeout: float = 30.0
     #: A peer with requests in flight that delivers nothing for this long is

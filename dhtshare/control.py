@@ -24,6 +24,8 @@ from dhtshare.framing import FrameDecoder, encode_frame
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.1
+#: While an operation runs, the client hears from us at least this often.
+KEEPALIVE_INTERVAL = 2.0
 
 Emit = Callable[[str, dict[str, Any]], None]
 OpHandler = Callable[[dict[str, Any], Emit], Awaitable[dict[str, Any]]]
@@ -97,7 +99,13 @@ class ControlServer:
             op = asyncio.ensure_future(handler(msg.args, emit))
             hangup = asyncio.ensure_future(reader.read(1))
             try:
-                await asyncio.wait([op, hangup], return_when=asyncio.FIRST_COMPLETED)
+                while not (op.done() or hangup.done()):
+                    await asyncio.wait([op, hangup], timeout=KEEPALIVE_INTERVAL,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    if not (op.done() or hangup.done()):
+                        # Quiet work (a join, a stalled peer): the client's idle
+                        # timeout must not mistake it for a hung node.
+                        writer.write(encode_frame(m.encode(m.ControlEvent(msg.req, "alive"))))
             finally:
                 hangup.cancel()
             if not op.done():

@@ -17,10 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from dhtshare import messages as m
-from dhtshare.errors import DhtshareError, NodeNotRunning, RemoteProtocolError
+from dhtshare.errors import (
+    DhtshareError,
+    NodeNotResponding,
+    NodeNotRunning,
+    RemoteProtocolError,
+)
 from dhtshare.framing import FrameDecoder, encode_frame
 
 SOCKET_NAME = "control.sock"
+#: A running node sends something at least every 2 s while it works on a request.
+IDLE_TIMEOUT = 30.0
 #: Unix socket paths are limited to 108 bytes; longer data dirs use /tmp.
 MAX_SUN_PATH = 100
 
@@ -39,42 +46,53 @@ def call(
     op: str,
     args: dict[str, Any],
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    idle_timeout: float = IDLE_TIMEOUT,
 ) -> dict[str, Any]:
     """Run ``op`` on the node of ``data_dir`` and return its result.
 
-    Raises :class:`NodeNotRunning` when no node answers there, and the node's
-    own error (as :class:`DhtshareError`, with its exit code) when the
-    operation fails.
+    Raises :class:`NodeNotRunning` when no node answers there,
+    :class:`NodeNotResponding` when it goes quiet for ``idle_timeout``
+    seconds, and the node's own error (as :class:`DhtshareError`, with its
+    exit code) when the operation fails.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(idle_timeout)
     try:
         try:
             sock.connect(str(socket_path(data_dir)))
         except OSError as err:
             raise NodeNotRunning(f"no dhtshare node is running on data dir {data_dir}") from err
-        sock.sendall(encode_frame(m.encode(m.Control(1, op, args))))
         decoder = FrameDecoder(max_body=0)
-        while True:
-            frame = decoder.next_frame()
-            if frame is None:
-                data = sock.recv(65536)
-                if not data:
-                    raise NodeNotRunning("the node closed the control connection")
-                decoder.feed(data)
-                continue
-            event = m.decode(frame.header)
-            if not isinstance(event, m.ControlEvent):
-                raise RemoteProtocolError("unexpected message on the control socket")
-            if event.kind == "progress":
-                if on_progress is not None:
-                    on_progress(event.data)
-                continue
-            if event.kind == "error":
-                failure = DhtshareError(str(event.data.get("message", "unknown error")))
-                code = event.data.get("exit_code")
-                if isinstance(code, int):
-                    failure.exit_code = code
-                raise failure
-            return event.data
+        try:
+            sock.sendall(encode_frame(m.encode(m.Control(1, op, args))))
+            while True:
+                frame = decoder.next_frame()
+                if frame is None:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise NodeNotRunning("the node closed the control connection")
+                    decoder.feed(data)
+                    continue
+                event = m.decode(frame.header)
+                if not isinstance(event, m.ControlEvent):
+                    raise RemoteProtocolError("unexpected message on the control socket")
+                if event.kind == "alive":
+                    continue
+                if event.kind == "progress":
+                    if on_progress is not None:
+                        on_progress(event.data)
+                    continue
+                if event.kind == "error":
+                    failure = DhtshareError(str(event.data.get("message", "unknown error")))
+                    code = event.data.get("exit_code")
+                    if isinstance(code, int):
+                        failure.exit_code = code
+                    raise failure
+                return event.data
+        except TimeoutError as err:
+            raise NodeNotResponding(
+                f"the node on data dir {data_dir} did not answer for {idle_timeout:.0f} s; "
+                "it may be overloaded or stuck (see its log)"
+            ) from err
     finally:
         sock.close()

@@ -70,8 +70,16 @@ class PeerTimeout(PeerError):
     """A peer did not answer in time."""
 
 
+class NotJoined(PeerError):
+    """The node has not (yet) joined the network, so nothing can be found or announced."""
+
+
 class NodeNotRunning(DhtshareError):
     """No node answers on the control socket of this data dir."""
+
+
+class NodeNotResponding(DhtshareError):
+    """The node on the control socket stopped answering in time."""
 
 
 class ReplicationShort(DhtshareError):

@@ -16,6 +16,7 @@ import os
 import random
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,6 +31,7 @@ from dhtshare.errors import (
     ConfigError,
     DhtshareError,
     NotFoundError,
+    NotJoined,
     ReplicationShort,
     StorageError,
 )
@@ -52,6 +54,8 @@ LOCK_FILE = "lock"
 MAX_SAVED_CONTACTS = 64
 ANNOUNCE_CONCURRENCY = 8
 WITHDRAW_TIMEOUT = 3.0
+#: ``status`` counts the contacts heard from within this many seconds.
+RECENT_CONTACT = 600.0
 
 
 class DataDirBusy(DhtshareError):
@@ -60,7 +64,13 @@ class DataDirBusy(DhtshareError):
 
 
 class Node:
-    """A dhtshare node."""
+    """A dhtshare node.
+
+    ``start`` binds the sockets and opens the control socket at once; joining
+    the network runs in the background (``joined`` is set when it is done), so
+    a node answers ``status`` within a moment of starting whatever the network
+    is like, and operations that need the network wait for the join.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -80,6 +90,12 @@ class Node:
         self._announced: set[bytes] = set()
         self._inbound: set[Connection] = set()
         self.stopped = asyncio.Event()
+        #: Set once joining is over, successfully or not (``join_error`` says).
+        self.joined = asyncio.Event()
+        self.join_error: DhtshareError | None = None
+        #: Set when the node gives up on its own (it could not join).
+        self.gave_up = asyncio.Event()
+        self.started_at = time.monotonic()
         self.active_parts: dict[Path, asyncio.Event] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -109,8 +125,8 @@ class Node:
         self.store.load()
         await self._bind()
         assert self._hello is not None
-        self.pool = PeerPool(self._hello, self.server, self.config.connect_timeout)
-        await self._join()
+        self.pool = PeerPool(self._hello, self.server, self.config.connect_timeout,
+                             self._peer_closed)
         self._control = ControlServer(
             socket_path(self.data_dir),
             {"publish": self._op_publish, "fetch": self._op_fetch, "status": self._op_status,
@@ -119,12 +135,49 @@ class Node:
         )
         await self._control.start()
         self._write_info()
+        self.spawn(self._join_then_serve())
+
+    async def _join_then_serve(self) -> None:
+        try:
+            await self._join()
+        except DhtshareError as err:
+            self.join_error = err
+            self.gave_up.set()
+            return
+        finally:
+            self.joined.set()
+        log.info("joined the network: %d DHT contacts", len(self.dht.contacts()) if self.dht
+                 else 0)
         self.spawn(self._announce_all())
         self.spawn(self._maintenance())
         self.spawn(self._repair_loop())
 
+    async def wait_joined(self, emit: Emit | None = None) -> Dht:
+        """The DHT once this node has joined; waits (bounded) while it is joining."""
+        if not self.joined.is_set():
+            if emit is not None:
+                emit("progress", {"stage": "joining"})
+            try:
+                async with asyncio.timeout(self.config.join_wait):
+                    await self.joined.wait()
+            except TimeoutError:
+                raise NotJoined(
+                    f"this node has not joined the network after {self.config.join_wait:.0f} s: "
+                    "none of its peers has answered yet (is --peer right, and is that node up?)"
+                ) from None
+        if self.join_error is not None:
+            raise self.join_error
+        assert self.dht is not None
+        return self.dht
+
+    @property
+    def state(self) -> str:
+        if not self.joined.is_set():
+            return "joining"
+        return "offline" if self.join_error is not None else "joined"
+
     async def stop(self, withdraw: bool = True) -> None:
-        """Withdraw our records (bounded in time), then close everything."""
+        """Withdraw our records and say goodbye (bounded in time), then close everything."""
         if self.stopped.is_set():
             return
         self.stopped.set()
@@ -132,20 +185,31 @@ class Node:
             await self._control.stop()
         for task in list(self._tasks):
             task.cancel()
-        if withdraw and self.dht is not None:
+        dht = self.dht
+        polite = withdraw and dht is not None and self.state == "joined"
+        if polite:
             await self._hand_off_all()
-        if withdraw and self.dht is not None and self._announced:
+        if polite and dht is not None and self._announced:
             with contextlib.suppress(TimeoutError, Exception):
                 async with asyncio.timeout(WITHDRAW_TIMEOUT):
-                    await asyncio.gather(*(self.dht.withdraw(h) for h in list(self._announced)))
-        if self.dht is not None:
+                    await asyncio.gather(*(dht.withdraw(h) for h in list(self._announced)))
+        if dht is not None:
             self._save_state()
+        if polite and dht is not None:
+            # The original projects' leave message: our contacts drop us now
+            # instead of handing us out until each of them times out on us.
+            with contextlib.suppress(Exception):
+                told = await dht.leave()
+                log.info("told %d DHT contacts that we are leaving", told)
         if self._tcp is not None:
             self._tcp.close()
         for conn in list(self._inbound):
-            conn.close()
+            if polite:
+                conn.say_bye()
+            else:
+                conn.close()
         if hasattr(self, "pool"):
-            self.pool.close_all()
+            self.pool.close_all(bye="shutting down" if polite else None)
         self.server.close()
         if self.dht is not None:
             self.dht.stop()
@@ -257,12 +321,19 @@ class Node:
 
     def _inbound_connection(self) -> Connection:
         assert self._hello is not None
-        conn = Connection(self._hello, self.server, self._inbound.discard)
+        conn = Connection(self._hello, self.server, self._peer_closed)
         self._inbound.add(conn)
         return conn
 
+    def _peer_closed(self, conn: Connection) -> None:
+        """A peer link closed; if the peer said it was leaving, forget its DHT contact too."""
+        self._inbound.discard(conn)
+        hello = conn.peer_hello
+        if conn.farewell is not None and hello is not None and self.dht is not None:
+            self.dht.forget_peer(hello.node_id, (conn.peername[0], hello.listen_port))
+
     async def _join(self) -> None:
-        """Join through ``--peer`` nodes, else through contacts saved last time.
+        """Join through ``--peer`` nodes and the contacts saved last time, together.
 
         A long-running node keeps trying for ``join_timeout`` seconds (peers
         started at the same moment, as in a compose cluster, may not listen
@@ -270,15 +341,11 @@ class Node:
         """
         assert self.dht is not None
         peers = list(self.config.peers)
-        saved = self._saved_contacts()
+        saved = [c for c in self._saved_contacts() if c not in peers]
         deadline = time.monotonic() + self.config.join_timeout
         delay = 0.5
         while True:
-            answered = await self.dht.bootstrap(peers) if peers else 0
-            if not answered and saved:
-                answered = await self.dht.bootstrap(saved)
-                if answered:
-                    log.info("rejoined through %d saved contacts", answered)
+            answered = await self.dht.bootstrap(peers + saved)
             if answered or not peers or time.monotonic() + delay > deadline:
                 break
             log.warning("no peer answered yet; retrying in %.1f s", delay)
@@ -303,8 +370,9 @@ class Node:
                             self.config.advertise)
 
     async def announce(self, h: bytes) -> int:
+        await self.joined.wait()
         ann = self._announcement(h)
-        if ann is None or self.dht is None:
+        if ann is None or self.dht is None or self.join_error is not None:
             return 0
         self._announced.add(h)
         return await self.dht.announce(h, ann)
@@ -324,6 +392,8 @@ class Node:
             await asyncio.sleep(interval)
             self._save_state()
             self.store.save()
+            if self.dht is not None:
+                await self.dht.refresh(self_lookup=True)
             await self._announce_all()
 
     async def live_nodes(self, near: bytes) -> list[tuple[bytes, tuple[str, int]]]:
@@ -360,9 +430,15 @@ class Node:
         except DhtshareError as err:
             log.warning("hand-off failed: %s", err)
 
-    async def find_providers(self, h: bytes) -> list[ProviderRecord]:
+    async def find_providers(
+        self, h: bytes, on_records: Callable[[list[ProviderRecord]], None] | None = None
+    ) -> list[ProviderRecord]:
         assert self.dht is not None
-        return await self.dht.find_providers(h)
+        return await self.dht.find_providers(h, on_records)
+
+    def provider_is_dead(self, addr: tuple[str, int]) -> bool:
+        """Whether the DHT saw the node at ``addr`` go (a timeout or its goodbye)."""
+        return self.dht is not None and self.dht.is_dead(addr)
 
     def chunk_verified(self, manifest: Manifest, index: int, first: bool) -> None:
         self.server.announce_chunk(manifest.hash, index)
@@ -416,6 +492,7 @@ class Node:
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
             raise StorageError(f"{path} changed while it was being published; try again")
         hashed = time.perf_counter() - t0
+        await self.wait_joined(emit)
         entry = self.store.add_complete(manifest, path, "published", replicas)
         stores = await self.announce(manifest.hash)
         reached = 0
@@ -452,6 +529,7 @@ class Node:
             if emit is not None:
                 emit("progress", {"done": done, "total": total})
 
+        await self.wait_joined(emit)
         result = await Fetch(self, h, output, cwd, force, progress).run()
         self.spawn(self.announce(h))
         return result
@@ -482,7 +560,11 @@ class Node:
             "node_id": self.node_id.hex(),
             "host": self.config.host,
             "port": self.port,
+            "state": self.state,
+            "join_error": str(self.join_error) if self.join_error is not None else None,
+            "uptime": round(time.monotonic() - self.started_at, 3),
             "contacts": len(self.dht.contacts()),
+            "contacts_answered_recently": self.dht.answered_within(RECENT_CONTACT),
             "content": [
                 {"hash": h.hex(), "name": e.manifest.name, "size": e.manifest.size,
                  "kind": e.kind, "durable": e.durable, "replicas": e.replicas,
@@ -502,6 +584,7 @@ class Node:
     async def _op_holders(self, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
         """Who holds which chunks of a file, asked of every provider directly."""
         h = self._hash_arg(args)
+        await self.wait_joined(emit)
         manifest = await Fetch(self, h, None, self.data_dir).manifest_only()
         entry = self.store.get(h)
         holders = await self.replicator.survey_hash(manifest, entry)
@@ -529,6 +612,7 @@ class Node:
         replicas = args.get("replicas") or DEFAULT_REPLICAS
         if not isinstance(replicas, int) or not 1 <= replicas <= 64:
             raise ConfigError("replicas must be 1 to 64")
+        await self.wait_joined(emit)
         entry = self.store.get(h)
         if entry is None or not entry.durable or not entry.complete:
             if entry is not None and entry.durable:
@@ -554,6 +638,7 @@ class Node:
         entry = self.store.get(h)
         if entry is None or not entry.durable:
             raise NotFoundError(f"{h.hex()} is not pinned on this node")
+        await self.wait_joined(emit)
         placement = await self.replicator.hand_off(entry)
         if placement.short:
             raise ReplicationShort(
@@ -573,6 +658,7 @@ class Node:
             raise NotFoundError(f"{h.hex()} is not held by this node")
         if entry.durable:
             return await self._op_unpin(args, emit)
+        await self.wait_joined(emit)
         self.store.drop(h)
         await self._withdraw(h)
         return {"hash": h.hex(), "removed": True, "path": str(entry.path)}
