@@ -42,6 +42,8 @@ from dhtshare.errors import (
     ManifestNotFound,
     NoProviders,
     PeerError,
+    PeerTimeout,
+    PeerUnreachable,
     RemoteProtocolError,
     StorageError,
 )
@@ -72,6 +74,12 @@ FIRST_RELOOKUP = 0.2
 MAX_LOOKUPS = 4
 #: How long one provider may take to hand over a manifest before the next is asked.
 MANIFEST_TIMEOUT = 10.0
+#: How long a fetch keeps looking when no provider of the manifest answers.
+MANIFEST_PATIENCE = 3.0
+#: A manifest request unanswered this long gets a second provider asked in parallel.
+MANIFEST_HEDGE = 0.25
+#: Most providers asked for the manifest in one fetch.
+MAX_MANIFEST_ATTEMPTS = 16
 #: How long a fetch waits for an interrupted fetch of the same file to wind down.
 PREVIOUS_FETCH_GRACE = 15.0
 #: How long the first peers wait for each other before requesting chunks.
@@ -87,7 +95,11 @@ class FetchServices(Protocol):
     pool: PeerPool
     active_parts: dict[Path, asyncio.Event]
 
-    async def find_providers(self, h: bytes) -> list[ProviderRecord]: ...
+    async def find_providers(
+        self, h: bytes, on_records: Callable[[list[ProviderRecord]], None] | None = None
+    ) -> list[ProviderRecord]: ...
+
+    def provider_is_dead(self, addr: Address) -> bool: ...
 
     def chunk_verified(self, manifest: Manifest, index: int, first: bool) -> None: ...
 
@@ -101,6 +113,8 @@ class FetchResult:
     bytes_reused: int = 0
     peers: dict[str, int] = field(default_factory=dict)
     banned: list[str] = field(default_factory=list)
+    #: Providers named in the DHT that could not be reached (skipped quickly).
+    unreachable: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +129,7 @@ class FetchResult:
             "bytes_reused": self.bytes_reused,
             "peers": dict(self.peers),
             "banned": list(self.banned),
+            "unreachable": list(self.unreachable),
         }
 
 
@@ -186,6 +201,11 @@ class Fetch:
         self._verified_any = False
         self._starting: set[Address] = set()
         self.reused = 0
+        #: Every provider the DHT named so far (this node and banned ones left out).
+        self.known: dict[Address, ProviderRecord] = {}
+        self.unreachable: set[Address] = set()
+        self._arrived = asyncio.Event()
+        self._lookup_task: asyncio.Task[list[ProviderRecord]] | None = None
 
     @property
     def picker(self) -> Picker[Address]:
@@ -194,6 +214,13 @@ class Fetch:
 
     # -- entry point ------------------------------------------------------------------
     async def run(self) -> FetchResult:
+        try:
+            return await self._run()
+        finally:
+            if self._lookup_task is not None:
+                self._lookup_task.cancel()
+
+    async def _run(self) -> FetchResult:
         t0 = time.perf_counter()
         if self.output is not None:
             out = self.output if self.output.is_absolute() else self.cwd / self.output
@@ -217,52 +244,154 @@ class Fetch:
             self.reused,
             dict(self.peers_bytes),
             sorted(f"{h}:{p}" for h, p in self.banned),
+            sorted(f"{h}:{p}" for h, p in self.unreachable),
         )
 
     async def manifest_only(self) -> Manifest:
         """The verified manifest, from this node or the network (no download)."""
-        return await self._get_manifest()
+        try:
+            return await self._get_manifest()
+        finally:
+            if self._lookup_task is not None:
+                self._lookup_task.cancel()
 
-    # -- manifest -----------------------------------------------------------------------
-    async def _lookup(self) -> list[ProviderRecord]:
-        records = await self.s.find_providers(self.mh)
+    # -- finding providers ------------------------------------------------------------
+    def _start_lookup(self) -> asyncio.Task[list[ProviderRecord]]:
+        """A provider lookup in the background (the running one, if any).
+
+        Providers reach :meth:`_on_records` as soon as any DHT node names
+        them, so the manifest is asked for, and chunks are downloaded, while
+        the lookup is still going on.
+        """
+        task = self._lookup_task
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(
+                self.s.find_providers(self.mh, self._on_records))
+            task.add_done_callback(self._lookup_done)
+            self._lookup_task = task
+        return task
+
+    def _lookup_done(self, task: asyncio.Task[list[ProviderRecord]]) -> None:
+        self._arrived.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("provider lookup failed: %r", task.exception())
+
+    def _on_records(self, records: list[ProviderRecord]) -> None:
         fresh = []
         for r in records:
             if r.node_id == self.s.node_id or r.node_id in self.banned_ids:
                 continue
             if r.address in self.banned:
                 continue
-            fresh.append(r)
-        # Complete providers first, then the most recently refreshed.
-        fresh.sort(key=lambda r: (not r.complete, -r.ttl))
-        return fresh
+            old = self.known.get(r.address)
+            if old is None:
+                fresh.append(r)
+            if old is None or (r.complete, r.ttl) > (old.complete, old.ttl):
+                self.known[r.address] = r
+        if not fresh:
+            return
+        self._arrived.set()
+        if self._picker is not None:
+            self._spawn(fresh)
 
+    # -- manifest -----------------------------------------------------------------------
     async def _get_manifest(self) -> Manifest:
         local = self.s.store.get(self.mh)
         if local is not None:
             return local.manifest
-        records = await self._lookup()
-        if not records:
+        deadline = time.monotonic() + MANIFEST_PATIENCE
+        tried: set[Address] = set()
+        errors: list[str] = []
+        delay = 0.25
+        while True:
+            manifest = await self._manifest_from(self._start_lookup(), tried, errors)
+            if manifest is not None:
+                return manifest
+            if time.monotonic() + delay > deadline or len(tried) >= MAX_MANIFEST_ATTEMPTS:
+                break
+            # A provider may be joining or announcing right now: look again shortly.
+            await asyncio.sleep(delay)
+            delay *= 2
+        if not tried:
             raise ManifestNotFound(
                 f"no reachable peer provides {self.mh.hex()}: check the hash, "
                 "and that a node holding the file is running"
             )
-        errors = []
-        for rec in records[:8]:
-            try:
-                conn = await self.s.pool.get(rec.address)
-                data = await conn.get_manifest(self.mh, MANIFEST_TIMEOUT)
-                return Manifest.decode_verified(bytes(data), self.mh)
-            except (IntegrityError, ManifestError) as err:
-                log.warning("peer %s:%d sent a bad manifest: %s", *rec.address, err)
-                self._ban(rec.address, rec.node_id, None)
-                errors.append(str(err))
-            except (PeerError, NotFoundReply, RemoteProtocolError) as err:
-                errors.append(str(err))
         raise ManifestNotFound(
-            f"could not get manifest {self.mh.hex()} from {len(records)} provider(s): "
+            f"could not get manifest {self.mh.hex()} from {len(tried)} provider(s): "
             + "; ".join(errors[:3])
         )
+
+    async def _manifest_from(
+        self, lookup: asyncio.Task[list[ProviderRecord]], tried: set[Address], errors: list[str]
+    ) -> Manifest | None:
+        """Ask providers for the manifest as the lookup names them; the first verified wins.
+
+        One provider at a time, the best first (complete copies, freshest
+        record); one that is slow to answer gets a second asked beside it.
+        ``None`` when the lookup is over and every provider it named failed.
+        """
+        loop = asyncio.get_running_loop()
+        attempts: dict[asyncio.Task[Manifest], ProviderRecord] = {}
+        hedge_at = 0.0
+        try:
+            while True:
+                self._arrived.clear()
+                untried = [r for a, r in self.known.items()
+                           if a not in tried and a not in self.banned]
+                skipped = [r for r in untried if self.s.provider_is_dead(r.address)]
+                for r in skipped:  # the DHT saw it go: don't spend a connect on it
+                    tried.add(r.address)
+                    self.unreachable.add(r.address)
+                    errors.append(f"{r.host}:{r.port} left the network")
+                untried = [r for r in untried if r not in skipped]
+                now = loop.time()
+                if untried and (not attempts or now >= hedge_at) \
+                        and len(tried) < MAX_MANIFEST_ATTEMPTS:
+                    rec = min(untried, key=lambda r: (not r.complete, -r.ttl))
+                    tried.add(rec.address)
+                    attempts[loop.create_task(self._manifest_attempt(rec))] = rec
+                    hedge_at = now + MANIFEST_HEDGE
+                    continue
+                if not attempts and (lookup.done() or len(tried) >= MAX_MANIFEST_ATTEMPTS):
+                    return None
+                arrival = loop.create_task(self._arrived.wait())
+                try:
+                    done, _ = await asyncio.wait(
+                        {*attempts, arrival},
+                        timeout=max(0.0, hedge_at - now) if attempts and untried else None,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    arrival.cancel()
+                for task in [t for t in attempts if t in done]:
+                    manifest = self._manifest_result(task, attempts.pop(task), errors)
+                    if manifest is not None:
+                        return manifest
+        finally:
+            for task in attempts:
+                task.cancel()
+
+    async def _manifest_attempt(self, rec: ProviderRecord) -> Manifest:
+        conn = await self.s.pool.get(rec.address)
+        data = await conn.get_manifest(self.mh, MANIFEST_TIMEOUT)
+        return Manifest.decode_verified(bytes(data), self.mh)
+
+    def _manifest_result(
+        self, task: asyncio.Task[Manifest], rec: ProviderRecord, errors: list[str]
+    ) -> Manifest | None:
+        try:
+            return task.result()
+        except (IntegrityError, ManifestError) as err:
+            log.warning("peer %s:%d sent a bad manifest: %s", *rec.address, err)
+            self._ban(rec.address, rec.node_id, None)
+            errors.append(str(err))
+        except (PeerUnreachable, PeerTimeout) as err:
+            self.unreachable.add(rec.address)
+            errors.append(str(err))
+        except (PeerError, NotFoundReply, RemoteProtocolError) as err:
+            errors.append(str(err))
+        return None
 
     def _copy_local(self, entry: Entry, target: Path) -> None:
         if target.resolve() == entry.path.resolve():
@@ -346,7 +475,9 @@ class Fetch:
         lookups = 0
         last_progress = time.monotonic()
         last_done = -1
-        await self._spawn(await self._lookup())
+        self._spawn(list(self.known.values()))
+        if self._lookup_task is None:  # the manifest was local: nobody looked yet
+            self._start_lookup()
         self._starting = {a for a, t in self.workers.items() if not t.done()}
         # Other downloaders announce themselves after their first chunk: look
         # again soon, then less and less often, so they trade with us early.
@@ -372,7 +503,7 @@ class Fetch:
                 else:
                     discover = min(discover * 2, LOOKUP_INTERVAL)
                     next_lookup = now + discover
-                await self._spawn(await self._lookup())
+                self._start_lookup()
                 continue
             gave_up = stuck and lookups >= MAX_LOOKUPS
             if gave_up or (not alive and now - last_progress > STALL_TIMEOUT):
@@ -383,15 +514,18 @@ class Fetch:
                     f"kept in {self.entry.path}"
                 )
 
-    async def _spawn(self, records: list[ProviderRecord]) -> None:
+    def _spawn(self, records: list[ProviderRecord]) -> None:
         loop = asyncio.get_running_loop()
-        for rec in records:
+        for rec in sorted(records, key=lambda r: (not r.complete, -r.ttl)):
             alive = sum(1 for t in self.workers.values() if not t.done())
             if alive >= self.s.config.max_fetch_peers:
                 break
             addr = rec.address
             task = self.workers.get(addr)
             if addr in self.banned or (task is not None and not task.done()):
+                continue
+            if self.s.provider_is_dead(addr):
+                self.unreachable.add(addr)
                 continue
             self.wakeups[addr] = asyncio.Event()
             self.workers[addr] = loop.create_task(self._worker(addr, rec.node_id))
@@ -438,6 +572,9 @@ class Fetch:
             await self._pump(addr, conn, hello.node_id, label)
         except NotFoundReply:
             log.debug("%s no longer has %s", label, short(self.mh))
+        except (PeerUnreachable, PeerTimeout) as err:
+            self.unreachable.add(addr)
+            log.info("provider %s unreachable: %s", label, err)
         except (PeerError, RemoteProtocolError) as err:
             log.info("peer %s dropped from fetch: %s", label, err)
         except asyncio.CancelledError:
