@@ -72,6 +72,8 @@ SUSPECT_INTERVAL = 10.0
 MAX_SUSPECTS = 8
 #: Lookups that fill the routing table run this many at a time.
 REFRESH_CONCURRENCY = 3
+#: After the first peer of a join answers, how long the others may take.
+BOOTSTRAP_GRACE = 0.1
 #: How long a leaving node waits for its contacts to acknowledge.
 LEAVE_WAIT = 0.3
 MAX_DEAD = 10_000
@@ -123,9 +125,11 @@ class RoutingTable(_KadRoutingTable):  # type: ignore[misc]
 
     def touch(self, node: Node) -> None:
         """``node`` was heard from: move it to its bucket's tail, or add it."""
-        self._flat = None
         bucket = self.buckets[self.get_bucket_for(node)]
-        if node.id in bucket.nodes or node.id in bucket.replacement_nodes:
+        known = bucket.nodes.get(node.id)
+        if known is not None or node.id in bucket.replacement_nodes:
+            if known is None or not known.same_home_as(node):
+                self._flat = None  # membership or an address changes
             bucket.add_node(node)
         else:
             self.add_contact(node)
@@ -195,6 +199,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self._checked: dict[bytes, float] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._waiting: dict[bytes, tuple[asyncio.Future[Any], asyncio.TimerHandle, Address]] = {}
+        #: Set by :meth:`Dht.leave`: from then on the node neither asks nor answers.
+        self.leaving = False
         self.counters: Counter[str] = Counter()
 
     # -- task hygiene and hostile datagrams -----------------------------------------
@@ -240,6 +246,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
             self._accept_response(msg_id, body, addr)
 
     def _serve(self, msg_id: bytes, body: Any, addr: Address) -> None:
+        if self.leaving:
+            return  # an answer would put us back in the asker's table
         if not (isinstance(body, list) and len(body) == 2 and isinstance(body[0], str)
                 and isinstance(body[1], list) and body[0] in RPCS):
             return
@@ -248,14 +256,22 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         except Exception as err:  # wrong arity or types: the sender's problem
             log.debug("dropped malformed %s request from %s: %r", body[0], addr, err)
             return
-        if self.transport is not None:
+        if self.open:
             self.transport.sendto(RESPONSE + msg_id + _pack(answer), addr)
 
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
     def request(self, address: Address, name: str, *args: Any) -> asyncio.Future[Any]:
-        """Send RPC ``name``; the future gives ``(True, answer)`` or ``(False, None)``."""
+        """Send RPC ``name``; the future gives ``(True, answer)`` or ``(False, None)``.
+
+        A closed node, or one that is leaving (except for its goodbyes), sends
+        nothing: any query now would make the others welcome it back.
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        if self.transport is None:
+        if not self.open or (self.leaving and name != "leave"):
             fut.set_result((False, None))
             return fut
         msg_id = os.urandom(HEADER_LEN - 1)
@@ -510,6 +526,8 @@ class Dht:
         self.providers = ProviderStore()
         self._server = _Server(node_id, self.providers, timeout, dead_ttl)
         self.node_id = node_id
+        #: The table refresh that follows a join (done once the table is full).
+        self.refreshing: asyncio.Future[int] | None = None
 
     @property
     def protocol(self) -> DhtProtocol:
@@ -542,23 +560,38 @@ class Dht:
     async def bootstrap(self, peers: Iterable[tuple[str, int]]) -> int:
         """Join through ``peers`` (host names allowed); returns how many answered.
 
-        After the lookup of our own id (which finds our neighbourhood), the
-        rest of the table is filled in the background, one lookup per distance
-        range that is short of contacts.
+        All peers are pinged at once and the join goes on as soon as one
+        answers (a dead one never holds it up for a timeout).  After the lookup
+        of our own id, which finds our neighbourhood, the rest of the table is
+        filled in the background, one lookup per distance range short of
+        contacts.
         """
         addrs = []
         for host, port in peers:
             try:
-                addrs.append(await resolve(host, port))
+                addr = await resolve(host, port)
             except ConfigError as err:
                 log.warning("%s", err)
+                continue
+            if addr not in addrs:
+                addrs.append(addr)
         if not addrs:
             return 0
-        answered = [n for n in await asyncio.gather(*map(self._ping, addrs)) if n is not None]
+        pings = {asyncio.ensure_future(self._ping(a)) for a in addrs}
+        answered = 0
+        while pings and not answered:
+            done, pings = await asyncio.wait(pings, return_when=asyncio.FIRST_COMPLETED)
+            answered += sum(1 for t in done if t.result() is not None)
+        if pings:  # the others get a moment more; stragglers still add themselves later
+            done, pings = await asyncio.wait(pings, timeout=BOOTSTRAP_GRACE)
+            answered += sum(1 for t in done if t.result() is not None)
+            for straggler in pings:
+                self.protocol.adopt(straggler)
         if answered:
             await self._lookup(self.node_id, "find_node")
-            self.protocol.spawn(self.refresh())
-        return len(answered)
+            self.refreshing = asyncio.ensure_future(self.refresh())
+            self.protocol.adopt(self.refreshing)
+        return answered
 
     async def _ping(self, addr: Address) -> Node | None:
         t0 = time.monotonic()
@@ -597,10 +630,17 @@ class Dht:
         return len(ranges)
 
     async def leave(self) -> int:
-        """Tell every contact we are going; returns how many acknowledged (bounded wait)."""
+        """Tell every contact we are going; returns how many acknowledged (bounded wait).
+
+        Our own background work (table refresh, liveness pings) stops first and
+        we stop answering, so nothing we send afterwards puts us back into
+        anyone's table.
+        """
         proto = self.protocol
-        if proto is None or proto.transport is None:
+        if proto is None or not proto.open:
             return 0
+        proto.leaving = True
+        proto.cancel_tasks()
         futs = [proto.request((n.ip, n.port), "leave", self.node_id)
                 for n in proto.router.contacts()]
         if not futs:
@@ -684,7 +724,7 @@ class Dht:
             if fut.cancelled() or fut.result()[0]:
                 return
             proto = self.protocol
-            if proto.transport is None:
+            if not proto.open or proto.leaving:
                 return
             for ref in lookup.referrers(contact.id):
                 node = proto.router.get_contact(ref)

@@ -15,8 +15,9 @@ milliseconds, and keeps the two ways a lookup can go wrong in one place:
 The rule: a lookup is done when the ``want`` closest nodes that *answered*
 are known and no candidate closer than the farthest of them is still
 unasked or has a query in flight.  A query unanswered for ``stale_after``
-seconds stops counting (it no longer blocks the end, nor takes one of the
-``alpha`` slots); if it answers later, the answer is still used.
+seconds stops counting (it no longer takes one of the ``alpha`` slots, and
+once ``want`` nodes have answered it no longer holds up the end); if it
+answers later, the answer is still used.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ class Lookup:
     def expire(self, now: float, stale_after: float) -> None:
         """Queries older than ``stale_after`` stop holding the lookup up."""
         for entry in self._entries.values():
-            if entry.state is State.PENDING and now - entry.sent_at >= stale_after:
+            # Same arithmetic as next_expiry, so waking at that time always expires.
+            if entry.state is State.PENDING and entry.sent_at + stale_after <= now:
                 entry.state = State.STALE
                 self.stale_count += 1
 
@@ -172,12 +174,17 @@ class Lookup:
     @property
     def done(self) -> bool:
         bound = self._bound()
+        short = bound == math.inf  # fewer than ``want`` answers so far
         for e in self._entries.values():
             if e.distance >= bound:
                 continue
             if e.state is State.PENDING:
                 return False
             if e.state is State.NEW and self.queries < self.max_queries:
+                return False
+            if e.state is State.STALE and short:
+                # Slow is not dead: on a loaded machine every answer may be late,
+                # and a lookup must not end empty-handed while some may still come.
                 return False
         return True
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import math
 import os
+import random
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -50,10 +52,12 @@ class Net:
     def __init__(self) -> None:
         self.peers: list[Peer] = []
 
-    async def add(self, bootstrap: Iterable[tuple[str, int]] = ()) -> Peer:
+    async def add(
+        self, bootstrap: Iterable[tuple[str, int]] = (), timeout: float = RPC_TIMEOUT
+    ) -> Peer:
         for _ in range(20):
             port = free_port()
-            dht = Dht(os.urandom(NODE_ID_LEN), timeout=RPC_TIMEOUT)
+            dht = Dht(os.urandom(NODE_ID_LEN), timeout=timeout)
             try:
                 await dht.listen(LOOPBACK, port)
             except OSError:  # lost the race for the port: try another
@@ -70,10 +74,10 @@ class Net:
             assert answered == len(seeds)
         return peer
 
-    async def start(self, n: int) -> list[Peer]:
-        first = await self.add()
+    async def start(self, n: int, timeout: float = RPC_TIMEOUT) -> list[Peer]:
+        first = await self.add(timeout=timeout)
         for _ in range(n - 1):
-            await self.add([first.addr])
+            await self.add([first.addr], timeout=timeout)
         return self.peers
 
     async def close(self) -> None:
@@ -427,3 +431,127 @@ async def test_stop_is_idempotent_and_closes(net: Net) -> None:
     # Its port is free again.
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as s:
         s.bind(a.addr)
+
+
+# --- churn: the dead never hold a lookup up, the leaving are forgotten at once -----------
+
+#: Long enough that a test would notice anyone waiting it out.
+LONG_RPC_TIMEOUT = 30.0
+
+
+async def test_lookup_with_dead_contacts_does_not_wait_out_the_timeout(net: Net) -> None:
+    peers = await net.start(24, timeout=LONG_RPC_TIMEOUT)
+    h = os.urandom(32)
+    key = key_of(h)
+    provider, asker = peers[5], peers[9]
+    assert await announce(provider, h, Announcement(provider.port, 600, True)) > 0
+    assert provider.id in await find(asker, h)  # the asker now knows the key's neighbourhood
+    near_key = [p for p in closest_to(peers, key) if p not in (provider, asker)]
+    doomed = near_key[:4]
+    asked_before = {c[0] for c in asker.dht.contacts()}
+    assert {p.id for p in doomed} <= asked_before, "the asker should know the doomed nodes"
+    for p in doomed:
+        p.dht.stop()
+    await asyncio.sleep(0)
+
+    t0 = time.monotonic()
+    result = await asyncio.wait_for(asker.dht.lookup_providers(h), LONG_RPC_TIMEOUT)
+    elapsed = time.monotonic() - t0
+    assert provider.id in result.records
+    assert result.stale >= 1, "the lookup should have met the dead"
+    # Each dead node costs a stale wait of tens of milliseconds, never the 30 s timeout.
+    assert elapsed < LONG_RPC_TIMEOUT / 3, f"lookup took {elapsed:.1f} s"
+    assert not {n.id for n, _ in result.closest} & {p.id for p in doomed}
+
+
+async def test_leave_removes_the_node_from_its_neighbours_tables(net: Net) -> None:
+    peers = await net.start(10)
+    leaver = peers[4]
+    knowers = [p for p in peers
+               if p is not leaver and leaver.id in {c[0] for c in p.dht.contacts()}]
+    assert knowers, "someone should know the leaver"
+    told = await asyncio.wait_for(leaver.dht.leave(), 5)
+    assert told == len(leaver.dht.contacts())
+    for p in knowers:
+        assert leaver.id not in {c[0] for c in p.dht.contacts()}
+        # ... and it is not handed out again until it talks to them itself.
+        assert p.dht.is_dead(leaver.addr)
+
+
+async def test_leave_from_a_stranger_address_is_ignored(net: Net) -> None:
+    a, b, c = await net.start(3)
+    assert b.id in {x[0] for x in a.dht.contacts()}
+    # c claims to be b leaving: a only believes b's own address.
+    ok, reply = await c.dht.protocol.request(a.addr, "leave", b.id)
+    assert ok
+    assert reply is False
+    assert b.id in {x[0] for x in a.dht.contacts()}
+
+
+async def test_a_suspect_hint_makes_the_holder_check_and_evict(net: Net) -> None:
+    peers = await net.start(6)
+    holder, hinter = peers[1], peers[2]
+    dead = next(p for p in peers if p not in (holder, hinter)
+                and p.id in {c[0] for c in holder.dht.contacts()})
+    dead.dht.stop()
+    await asyncio.sleep(0)
+    ok, _ = await hinter.dht.protocol.request(holder.addr, "suspect", hinter.id, [dead.id])
+    assert ok
+    # The holder's own ping times out (RPC_TIMEOUT) and evicts the dead contact.
+    for _ in range(100):
+        if dead.id not in {c[0] for c in holder.dht.contacts()}:
+            break
+        await asyncio.sleep(0.05)
+    assert dead.id not in {c[0] for c in holder.dht.contacts()}
+
+
+async def test_join_goes_on_when_one_of_its_peers_is_dead(net: Net) -> None:
+    live = await net.add(timeout=LONG_RPC_TIMEOUT)
+    newcomer = await net.add(timeout=LONG_RPC_TIMEOUT)
+    t0 = time.monotonic()
+    answered = await asyncio.wait_for(
+        newcomer.dht.bootstrap([(LOOPBACK, free_port()), live.addr]), LONG_RPC_TIMEOUT)
+    assert answered == 1
+    assert time.monotonic() - t0 < LONG_RPC_TIMEOUT / 3
+    assert live.id in {c[0] for c in newcomer.dht.contacts()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_announce_and_lookup_agree_on_the_closest_nodes_at_scale(net: Net) -> None:
+    """A few hundred nodes that joined one by one through one node: every lookup
+    finds the true 8 closest, the announce stored on exactly those, and no
+    node's table is starved."""
+    n = 250
+    # 250 nodes share this one event loop: a long timeout, so that a loaded
+    # machine cannot make live nodes look dead.
+    first = await net.add(timeout=LONG_RPC_TIMEOUT)
+    for _ in range(n - 1):
+        await net.add([first.addr], timeout=LONG_RPC_TIMEOUT)
+    await asyncio.wait_for(asyncio.gather(*(p.dht.refreshing for p in net.peers[1:]
+                                           if p.dht.refreshing is not None)), 120)
+    for p in net.peers:
+        # Static network, nobody dead: what is checked is where lookups converge,
+        # so answers late because this machine is loaded must not go stale.
+        p.dht.protocol.rtt.floor = 5.0
+    sizes = sorted(len(p.dht.contacts()) for p in net.peers)
+    # k = 20: even the last node to join knows more than its neighbourhood.
+    assert sizes[0] >= 20, f"starved routing tables: {sizes[:10]}"
+    rng = random.Random(7)
+    ids = [p.id for p in net.peers]
+    for _ in range(40):
+        h = os.urandom(32)
+        key = key_of(h)
+        provider, asker = rng.sample(net.peers, 2)
+        assert await announce(provider, h, Announcement(provider.port, 600, True)) == 8
+        def truth(excluded: bytes, k: int = int.from_bytes(key, "big")) -> set[bytes]:
+            others = [i for i in ids if i != excluded]
+            return set(sorted(others, key=lambda i: int.from_bytes(i, "big") ^ k)[:8])
+
+        holders = {p.id for p in net.peers
+                   if p is not provider and p.dht.providers.get(key)}
+        assert holders == truth(provider.id)
+        result = await asyncio.wait_for(asker.dht.lookup_providers(h), 15)
+        assert {node.id for node, _ in result.closest} == truth(asker.id)
+        assert provider.id in result.records
+        assert result.hops <= math.log2(n)
