@@ -224,8 +224,9 @@ class Worker:
                     "records": sum(len(v) - (n.dht.node_id in v)
                                    for v in n.dht.providers._data.values())
                     if n.alive else 0,
-                    "stale_after": n.dht.protocol.rtt.stale_after()
-                    if n.alive and hasattr(n.dht.protocol, "rtt") else None,
+                    # vars(): rpcudp turns any missing attribute into a remote call.
+                    "stale_after": vars(n.dht.protocol)["rtt"].stale_after()
+                    if n.alive and "rtt" in vars(n.dht.protocol) else None,
                     "dead_cache": len(n.dht.protocol._dead) if n.alive else 0,
                     "contact_ports": [c[2] for c in n.dht.contacts()] if n.alive else [],
                     "stats": dict(n.stats),

@@ -139,7 +139,8 @@ def _config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, int], 
     for name, key in (("provider_ttl", "DHTSHARE_PROVIDER_TTL"),
                       ("reannounce_interval", "DHTSHARE_REANNOUNCE"),
                       ("repair_interval", "DHTSHARE_REPAIR_INTERVAL"),
-                      ("handoff_timeout", "DHTSHARE_HANDOFF_TIMEOUT")):
+                      ("handoff_timeout", "DHTSHARE_HANDOFF_TIMEOUT"),
+                      ("join_wait", "DHTSHARE_JOIN_WAIT")):
         if key in env:
             try:
                 kw[name] = float(env[key])

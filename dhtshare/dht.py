@@ -541,6 +541,13 @@ class Dht:
         """Every contact in the routing table, for saving and status."""
         return [(n.id, n.ip, n.port) for n in self.protocol.router.contacts()]
 
+    def table(self) -> list[tuple[bytes, str, int, float]]:
+        """Every contact with how many seconds ago we last heard from it."""
+        now = time.monotonic()
+        seen = self.protocol.seen
+        return [(n.id, n.ip, n.port, now - seen.get(n.id, now))
+                for n in self.protocol.router.contacts()]
+
     def answered_within(self, seconds: float) -> int:
         """How many routing-table contacts we heard from in the last ``seconds``."""
         now = time.monotonic()

@@ -565,6 +565,10 @@ class Node:
             "uptime": round(time.monotonic() - self.started_at, 3),
             "contacts": len(self.dht.contacts()),
             "contacts_answered_recently": self.dht.answered_within(RECENT_CONTACT),
+            "routing_table": [
+                {"node_id": nid.hex(), "address": f"{ip}:{port}", "seen_ago": round(ago, 1)}
+                for nid, ip, port, ago in self.dht.table()
+            ],
             "content": [
                 {"hash": h.hex(), "name": e.manifest.name, "size": e.manifest.size,
                  "kind": e.kind, "durable": e.durable, "replicas": e.replicas,

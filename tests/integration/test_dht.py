@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from kademlia.node import Node
 
 from dhtshare.dht import PROVIDERS_NS, Dht
 from dhtshare.ids import NODE_ID_LEN, dht_key
@@ -555,3 +556,23 @@ async def test_announce_and_lookup_agree_on_the_closest_nodes_at_scale(net: Net)
         assert {node.id for node, _ in result.closest} == truth(asker.id)
         assert provider.id in result.records
         assert result.hops <= math.log2(n)
+
+
+async def test_a_contact_that_times_out_is_evicted_and_not_asked_again(net: Net) -> None:
+    a, b, c = await net.start(3)
+    assert c.id in {x[0] for x in a.dht.contacts()}
+    c.dht.stop()  # killed: no goodbye
+    await asyncio.sleep(0)
+    proto = a.dht.protocol
+    ok, _ = await asyncio.wait_for(proto.call_ping(Node(c.id, *c.addr)), 10)
+    assert not ok
+    assert c.id not in {x[0] for x in a.dht.contacts()}
+    # Asked again at once: answered from the dead-peer cache, nothing is sent.
+    t0 = time.monotonic()
+    ok, _ = await proto.call_ping(Node(c.id, *c.addr))
+    assert not ok
+    assert time.monotonic() - t0 < RPC_TIMEOUT / 2
+    # ... and it is not handed to others either.
+    ok, reply = await b.dht.protocol.request(a.addr, "find_node", b.id, c.id)
+    assert ok
+    assert c.id not in {t[0] for t in reply}
