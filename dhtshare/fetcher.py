@@ -231,10 +231,20 @@ class Fetch:
         check_target(target, self.force)
         local = self.s.store.get(self.mh)
         if local is not None and local.complete:
-            await asyncio.to_thread(self._copy_local, local, target)
-            self.s.store.add_complete(manifest, target, "fetched")
-            elapsed = time.perf_counter() - t0
-            return FetchResult(manifest, target, elapsed, 0, manifest.size, {}, [])
+            try:
+                if not local.still_valid():
+                    raise StorageError(f"{local.path} changed or vanished")
+                await asyncio.to_thread(self._copy_local, local, target)
+            except (OSError, DhtshareError) as err:
+                # The user deleted or edited the file this node had: stop offering
+                # it and get a verified copy from the network instead.
+                log.warning("local copy %s of %s is unusable (%s); fetching it again",
+                            local.path, short(self.mh), err)
+                self.s.store.drop(self.mh)
+            else:
+                self.s.store.add_complete(manifest, target, "fetched")
+                elapsed = time.perf_counter() - t0
+                return FetchResult(manifest, target, elapsed, 0, manifest.size, {}, [])
         await self._download(manifest, target)
         return FetchResult(
             manifest,
@@ -398,13 +408,17 @@ class Fetch:
             return
         tmp = target.with_name(f".{target.name}.dhtshare-tmp")
         man = entry.manifest
-        with open(tmp, "wb") as out:
-            for i in range(man.chunk_count):
-                data = entry.read_chunk(i)
-                if hashlib.sha256(data).digest() != man.chunk_hash(i):
-                    raise IntegrityError(f"local copy {entry.path} is damaged at chunk {i}")
-                out.write(data)
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "wb") as out:
+                for i in range(man.chunk_count):
+                    data = entry.read_chunk(i)
+                    if hashlib.sha256(data).digest() != man.chunk_hash(i):
+                        raise IntegrityError(f"local copy {entry.path} is damaged at chunk {i}")
+                    out.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     # -- download -------------------------------------------------------------------------
     async def _download(self, manifest: Manifest, target: Path) -> None:

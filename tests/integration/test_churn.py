@@ -122,3 +122,18 @@ def test_killed_provider_is_skipped_and_reported(cluster: Cluster, tmp_path: Pat
     assert sha256_file(tmp_path / "on-n4.bin") == sha256_file(src)
     assert result["peers"] == {n2.addr: src.stat().st_size}
     assert n3.addr in result["unreachable"]
+
+
+def test_fetch_again_after_the_user_deleted_the_fetched_file(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    _n1, n2, n3 = cluster.start(3)
+    src = make_file(tmp_path / "src.bin", 2_500_000, seed=22)
+    h = publish(n2, src, "--replicas", "0")
+    first = tmp_path / "first.bin"
+    fetch_json(n3, h, first)
+    first.unlink()  # n3 still lists it as a copy it holds
+    result = fetch_json(n3, h, tmp_path / "second.bin")
+    assert sha256_file(tmp_path / "second.bin") == sha256_file(src)
+    assert result["bytes_downloaded"] >= src.stat().st_size
+    assert not list(tmp_path.glob(".*dhtshare-tmp"))
