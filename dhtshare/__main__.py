@@ -1,5 +1,5 @@
 """``python -m dhtshare`` runs the command-line interface."""
 
-from dhtshare.cli import main
+from dhtshare.entry import main
 
 main()

@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from dhtshare.config import DEFAULT_REPLICAS
-from dhtshare.errors import ConfigError, DhtshareError, NodeNotRunning, ReplicationShort
+from dhtshare.errors import ConfigError, DhtshareError, NodeNotRunning
+from dhtshare.render import (
+    STATUS_TIMEOUT,
+    Progress,
+    error_line,
+    show_fetch,
+    show_publish,
+    show_status,
+)
 
 if TYPE_CHECKING:
     import asyncio
@@ -45,8 +53,6 @@ log = logging.getLogger("dhtshare")
 
 #: Seconds a long-running node retries joining (its peers may be starting too).
 LONG_RUNNING_JOIN = 60.0
-#: ``status`` answers at once, even while the node joins; this long means it is stuck.
-STATUS_TIMEOUT = 10.0
 
 DataDirOpt = Annotated[
     Path | None,
@@ -92,7 +98,7 @@ def _setup_logging(verbose: int, default: int = logging.WARNING) -> None:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"dhtshare: error: {message}", err=True)
+    typer.echo(error_line(message), err=True)
     raise typer.Exit(code)
 
 
@@ -186,50 +192,7 @@ def _ready_line(node: Node) -> None:
           f"{node.config.host}:{node.port} (data dir {node.data_dir})", flush=True)
 
 
-class _Progress:
-    """A progress bar on stderr when it is a terminal; silent otherwise."""
-
-    def __init__(self, label: str, enabled: bool) -> None:
-        self._bar: Any = None
-        self._task: Any = None
-        self._label = label
-        self._enabled = enabled and sys.stderr.isatty()
-
-    def __enter__(self) -> _Progress:
-        if self._enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self._bar = Progress(
-                "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=True,
-            )
-            self._bar.__enter__()
-            self._task = self._bar.add_task(self._label, total=None)
-        return self
-
-    def update(self, data: dict[str, Any]) -> None:
-        if self._bar is None:
-            return
-        if data.get("stage") == "joining":
-            self._bar.update(self._task, description=f"{self._label} (joining the network)")
-            return
-        self._bar.update(self._task, completed=data.get("done", 0), total=data.get("total"),
-                         description=self._label)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-
-
-def _via_control(data_dir: Path, op: str, args: dict[str, Any], progress: _Progress,
+def _via_control(data_dir: Path, op: str, args: dict[str, Any], progress: Progress,
                  idle_timeout: float | None = None) -> dict[str, Any] | None:
     """Run ``op`` on the node of ``data_dir``; ``None`` when no node runs there."""
     from dhtshare import ctlclient
@@ -394,24 +357,11 @@ def publish(
         _fail("--replicas must be 0 to 64", 2)
 
     def show(result: dict[str, Any]) -> None:
-        reached = result["replicas"]["reached"]
-        if json_out:
-            print(json.dumps(result), flush=True)
-        else:
-            copies = f", {reached} durable copies on other nodes" if want else ""
-            print(f"published {result['name']} ({result['size']} bytes, {result['chunks']} "
-                  f"chunks) announced to {result['dht_stores']} DHT nodes{copies}", flush=True)
-            print(result["hash"], flush=True)
-        if reached < want:
-            msg = (f"only {reached} of {want} requested copies could be placed: not enough "
-                   "reachable nodes with room")
-            if replicas is not None:
-                raise ReplicationShort(msg)
-            print(f"dhtshare: warning: {msg}", file=sys.stderr, flush=True)
+        show_publish(result, json_out, want, explicit=replicas is not None)
 
     def main() -> None:
         args = {"path": str(path), "chunk_size": size, "copy": copy, "replicas": want}
-        with _Progress("publishing", not json_out) as bar:
+        with Progress("publishing", not json_out) as bar:
             result = _via_control(ddir, "publish", args, bar)
         if result is not None:
             show(result)
@@ -427,7 +377,7 @@ def publish(
             stop = _stop_on_signals()
 
             async def body(node: Node) -> None:
-                with _Progress("publishing", not json_out) as bar:
+                with Progress("publishing", not json_out) as bar:
                     result = await node.publish(path, size, lambda _k, d: bar.update(d), copy,
                                                 want)
                 show(result)
@@ -476,19 +426,12 @@ def fetch(
     cwd = Path.cwd()
 
     def show(result: dict[str, Any]) -> None:
-        if json_out:
-            print(json.dumps(result), flush=True)
-            return
-        secs = max(result["elapsed"], 1e-6)
-        rate = result["size"] / secs / 1e6
-        print(f"fetched {result['name']} ({result['size']} bytes) to {result['path']} from "
-              f"{len(result['peers'])} peer(s) in {secs:.2f} s ({rate:.1f} MB/s), verified",
-              flush=True)
+        show_fetch(result, json_out)
 
     def main() -> None:
         args = {"hash": h.hex(), "output": str(output) if output else None,
                 "cwd": str(cwd), "force": force}
-        with _Progress("fetching", not json_out) as bar:
+        with Progress("fetching", not json_out) as bar:
             result = _via_control(ddir, "fetch", args, bar)
             if result is None:
                 if not peers:
@@ -515,7 +458,7 @@ def _node_op(data_dir: Path | None, op: str, args: dict[str, Any], label: str,
     ddir = _data_dir(data_dir)
 
     def main() -> dict[str, Any]:
-        with _Progress(label, bool(label)) as bar:
+        with Progress(label, bool(label)) as bar:
             result = _via_control(ddir, op, args, bar, idle_timeout)
         if result is None:
             raise NodeNotRunning(f"no dhtshare node is running on data dir {ddir}: "
@@ -595,15 +538,7 @@ def status(
     """Show what the node on the data dir holds and how many contacts it has."""
     _setup_logging(0)
     result = _node_op(data_dir, "status", {}, "", idle_timeout=STATUS_TIMEOUT)
-    if json_out:
-        print(json.dumps(result))
-        return
-    state = result.get("state", "joined")
-    print(f"node {result['node_id'][:16]} on {result['host']}:{result['port']}, {state}, "
-          f"{result['contacts']} DHT contacts, {result['bytes_served']} bytes served")
-    for item in result["content"]:
-        state = "complete" if item["complete"] else "partial"
-        print(f"  {item['hash']}  {item['size']:>12}  {state:8}  {item['name']}")
+    show_status(result, json_out)
 
 
 @app.command()
