@@ -1,7 +1,8 @@
 """Transfer benchmark: dhtshare against libtorrent on 127.0.0.1, same files, alternating.
 
     pip install '.[bench]'
-    python bench/transfer.py [--sizes 64M,512M,1G] [--runs 5] [--scenarios 1x1,1x4]
+    python bench/transfer.py [--sizes 64M,512M,1G] [--runs 5]
+                             [--scenarios 1x1,1x4,seeder,churn]
                              [--out bench/results] [--workdir /tmp]
 
 For every scenario (``1xN``: one provider, N fetchers) and size, it runs
@@ -19,6 +20,18 @@ the same generated random file, with fresh processes and directories per run:
   leechers as direct peers) and ends when the last one reports that every
   piece passed its hash check and was written to the file.  In 1xN the
   leechers trade with each other and keep serving until all are done.
+
+Two more scenarios keep the network running between fetches (see the
+``scenario seeder`` and ``scenario churn`` sections below):
+
+* ``seeder``: one long-running seeder of each tool; ``--seeder-runs`` times, a
+  fresh fetcher starts, fetches (dhtshare: an 8 MiB file, then the big one),
+  and leaves (dhtshare: SIGTERM, so it withdraws and says goodbye).  Shows
+  whether a network that has seen nodes leave gets slower.
+* ``churn``: a 20-node dhtshare network loses 30 % of its nodes (half politely,
+  half killed), 6 new ones join, and a just-started node fetches a 1 MiB file
+  and the big one; libtorrent's counterpart is a fresh leecher handed the
+  seeder plus 6 dead addresses.
 
 Every output file's SHA-256 is compared with the source after the clock.
 Measured per run: wall time, CPU seconds (utime+stime from /proc before and
@@ -43,16 +56,18 @@ import json
 import os
 import platform
 import queue
+import random
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -459,6 +474,21 @@ class RunResult:
         return sum(self.cpu.values())
 
 
+def fetch_record(r: CliRun) -> dict[str, Any]:
+    """What one ``dhtshare fetch --json`` said about itself, for the JSON report."""
+    info = r.json() or {}
+    peers = info.get("peers") or {}
+    total = sum(v for v in peers.values() if isinstance(v, int)) if isinstance(
+        peers, dict) else 0
+    unreachable = info.get("unreachable")
+    return {"rc": r.rc, "wall": round(r.wall, 4), "cpu_cli": round(r.cpu, 4),
+            "elapsed_in_node": info.get("elapsed"),
+            "peers": len(peers) if isinstance(peers, dict | list) else None,
+            "bytes_from_peers": total,
+            "unreachable": len(unreachable) if isinstance(unreachable, list) else None,
+            "maxrss": r.maxrss, "stderr": r.stderr.strip()[-500:] if r.rc else ""}
+
+
 def run_dhtshare(src: Source, nfetch: int, rundir: Path, run_no: int) -> RunResult:
     res = RunResult("dhtshare", run_no)
     logdir = rundir / "logs"
@@ -494,16 +524,7 @@ def run_dhtshare(src: Source, nfetch: int, rundir: Path, run_no: int) -> RunResu
     }
     res.rss_anon_peak = {"seeder": sampler.peak["seeder"],
                          "fetcher_max": max(sampler.peak[n] for n in fnames)}
-    for r in runs:
-        info = r.json() or {}
-        peers = info.get("peers") or {}
-        total = sum(v for v in peers.values() if isinstance(v, int)) if isinstance(
-            peers, dict) else 0
-        res.fetchers.append({"rc": r.rc, "wall": round(r.wall, 4),
-                             "elapsed_in_node": info.get("elapsed"),
-                             "peers": len(peers) if isinstance(peers, dict | list) else None,
-                             "bytes_from_peers": total,
-                             "stderr": r.stderr.strip()[-500:] if r.rc else ""})
+    res.fetchers = [fetch_record(r) for r in runs]
     failed = [r for r in runs if r.rc != 0]
     if failed:
         res.error = f"{len(failed)} fetch(es) failed: {failed[0].stderr.strip()[-300:]}"
@@ -572,7 +593,12 @@ class LtPeer:
 
 
 def run_libtorrent(src: Source, nfetch: int, rundir: Path, run_no: int,
-                   settings: list[str]) -> RunResult:
+                   settings: list[str], dead_peers: int = 0) -> RunResult:
+    """One libtorrent run of a 1xN cell.
+
+    ``dead_peers``: that many addresses of departed peers (see :func:`dead_ports`)
+    go first in every leecher's peer list, as in a stale list (scenario churn).
+    """
     assert src.torrent is not None
     res = RunResult("libtorrent", run_no)
     logdir = rundir / "logs"
@@ -594,11 +620,15 @@ def run_libtorrent(src: Source, nfetch: int, rundir: Path, run_no: int,
             ports[lp.name] = int(lp.expect("ready", deadline)[1]["port"])
         pids = {p.name: p.pid for p in peers}
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        dead = dead_ports(dead_peers)
+        if dead:
+            res.extra["dead_peers"] = dead
         with RssSampler(pids) as sampler:
             t0 = time.perf_counter()
             for lp in leeches:
                 # the seeder first, then every other leecher: all direct connections
                 targets = [ports["seeder"]] + [ports[o.name] for o in leeches if o is not lp]
+                targets = dead + targets
                 lp.send({"cmd": "go", "peers": [["127.0.0.1", p] for p in targets]})
             deadline = time.monotonic() + timeout
             done = [lp.expect("done", deadline) for lp in leeches]
@@ -659,6 +689,11 @@ def limits_in_child(work: Path, tcp_bytes: int, write_bytes: int) -> dict[str, A
 
 
 # -- the matrix -------------------------------------------------------------------------
+def is_1xn(scen: str) -> bool:
+    """A one-provider, N-fetcher cell of the matrix (the other scenarios have names)."""
+    return re.fullmatch(r"1x[1-9][0-9]?", scen) is not None
+
+
 def summarize(runs: list[RunResult], size: int, nfetch: int) -> dict[str, Any]:
     good = [r for r in runs if r.ok]
     if not good:
@@ -689,6 +724,8 @@ def summarize(runs: list[RunResult], size: int, nfetch: int) -> dict[str, Any]:
 def run_matrix(args: argparse.Namespace, sources: dict[int, Source], work: Path,
                results: list[dict[str, Any]]) -> None:
     for scen in args.scenarios:
+        if not is_1xn(scen):
+            continue  # seeder, churn: see run_named_scenarios
         nfetch = int(scen.split("x")[1])
         for size in args.sizes:
             src = sources[size]
@@ -798,6 +835,658 @@ def time_publish(big: Source, nodes: dict[str, DhtNode], logdir: Path,
     return res
 
 
+# == long-running scenarios: shared pieces =============================================
+# The 1xN matrix starts every process fresh.  The two scenarios below keep a
+# network running while nodes come and go, as real seeders do for days.
+
+#: Sizes of the small files the scenarios fetch before the big one.
+SEEDER_SMALL = 8 * MIB
+CHURN_SMALL = MIB
+#: ``dhtshare fetch`` of a small file must finish within this.
+SMALL_FETCH_TIMEOUT = 60.0
+#: A node told SIGTERM withdraws its records, hands off and says goodbye; bounded.
+LEAVE_TIMEOUT = 20.0
+#: Pause between two ``dhtshare status`` attempts on a node that is starting.
+STATUS_POLL = 0.02
+#: One ``dhtshare status`` call (its own idle timeout is 10 s).
+STATUS_CLI_TIMEOUT = 15.0
+#: Churn: plain nodes besides the bootstrap and the seeder (20 nodes in all), how
+#: many of them leave (30 % of 20; half SIGTERM, half SIGKILL), how many join.
+CHURN_PLAIN = 18
+CHURN_LEAVE = 6
+CHURN_JOIN = 6
+
+
+def dead_ports(n: int) -> list[int]:
+    """``n`` TCP ports on 127.0.0.1 that were bound and closed again: departed peers.
+
+    All are bound before any is closed so they differ; connecting to one is
+    refused at once, as to a peer whose process is gone.
+    """
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def depart(procs: list[Proc], sig: int, timeout: float = LEAVE_TIMEOUT) -> list[dict[str, Any]]:
+    """Signal ``procs`` at once and time each one's exit (bounded), then reap them.
+
+    SIGTERM is a user's Ctrl-C: a dhtshare node withdraws its records and tells
+    its contacts it leaves, which is what keeps the network fast for the next
+    fetcher; how long that takes is part of the result.  SIGKILL is a crash.
+    """
+    t0 = time.perf_counter()
+    for pr in procs:
+        pr.kill_group(sig)
+    deadline = time.monotonic() + timeout
+    exited: dict[str, float] = {}
+    while len(exited) < len(procs) and time.monotonic() < deadline:
+        for pr in procs:  # polled together, so each one's own exit time is seen
+            if pr.name not in exited and not pr.alive():
+                exited[pr.name] = time.perf_counter() - t0
+        time.sleep(0.005)
+    out = [{"name": pr.name, "signal": signal.Signals(sig).name,
+            "seconds": round(exited[pr.name], 4) if pr.name in exited else None,
+            "rc": pr.p.returncode, "exited_in_time": pr.name in exited} for pr in procs]
+    for pr in procs:
+        pr.stop(grace=0.1)  # SIGKILL whatever did not exit in time; close its logs
+    return out
+
+
+def poll_status(node: DhtNode, t_spawn: float, deadline: float, logdir: Path,
+                result: dict[str, Any]) -> None:
+    """Fill ``result`` with the seconds from spawning ``node`` until ``status`` answers.
+
+    A user's first command after starting a node is usually ``dhtshare
+    status``; it should answer at once, even while the node still joins.  The
+    figure ends when that first successful status CLI exits, so it includes
+    the CLI's own start-up, as the user sees it.
+    """
+    argv = dhtshare_argv("status", "--data-dir", str(node.data_dir), "--json")
+    attempts: list[list[float]] = []  # [started after spawn s, CLI wall s, exit code]
+    while time.monotonic() < deadline and node.proc.alive():
+        started = time.perf_counter() - t_spawn
+        left = max(1.0, min(STATUS_CLI_TIMEOUT, deadline - time.monotonic()))
+        run = run_cli(argv, left, logdir, f"{node.name}-status")
+        attempts.append([round(started, 4), round(run.wall, 4), run.rc])
+        info = run.json()
+        if run.rc == 0 and info is not None:
+            result.update(seconds=time.perf_counter() - t_spawn, attempts=attempts,
+                          state=info.get("state"), contacts=info.get("contacts"))
+            return
+        time.sleep(STATUS_POLL)
+    result.update(seconds=None, attempts=attempts,
+                  error="node exited" if not node.proc.alive() else "no answer in time")
+
+
+def start_fresh_node(name: str, data_dir: Path, logdir: Path, boot_port: int,
+                     measure_status: bool) -> tuple[DhtNode, dict[str, Any]]:
+    """Spawn a ``dhtshare node`` joined through the bootstrap; wait for its ready line.
+
+    Returns the node and how long it took: ``ready_after_start`` (the
+    "listening on" line) and, with ``measure_status``, ``status_after_start``
+    (polled in a thread at the same time, so neither delays the other).
+    """
+    t0 = time.perf_counter()
+    node = DhtNode(name, data_dir, logdir, boot_port)
+    deadline = time.monotonic() + NODE_START_TIMEOUT
+    status: dict[str, Any] = {}
+    poller = threading.Thread(target=poll_status, args=(node, t0, deadline, logdir, status),
+                              daemon=True)
+    try:
+        if measure_status:
+            poller.start()
+        node.wait_ready(deadline)
+        timing: dict[str, Any] = {"ready_after_start": time.perf_counter() - t0}
+        if measure_status:
+            poller.join(max(0.0, deadline - time.monotonic()) + STATUS_CLI_TIMEOUT)
+            timing.update({"status_after_start": status.get("seconds"),
+                           "status_attempts": status.get("attempts"),
+                           "status_state": status.get("state"),
+                           "status_error": status.get("error")})
+    except BaseException:
+        node.proc.stop()  # also ends the poller: it stops when the node is gone
+        raise
+    return node, timing
+
+
+def node_status(node: DhtNode, logdir: Path) -> dict[str, Any]:
+    """Contacts and memory of a node that keeps running (outside any clock).
+
+    A long-running node that keeps departed nodes in its routing table, or
+    grows, is what this scenario is looking for.
+    """
+    run = run_cli(dhtshare_argv("status", "--data-dir", str(node.data_dir), "--json"),
+                  STATUS_CLI_TIMEOUT, logdir, f"{node.name}-status")
+    info = run.json() or {}
+    table = info.get("routing_table")
+    return {"contacts": info.get("contacts"),
+            "contacts_answered_recently": info.get("contacts_answered_recently"),
+            "routing_table": len(table) if isinstance(table, list) else None,
+            "vmrss": proc_status(node.pid).get("VmRSS"),
+            "vmhwm": proc_status(node.pid).get("VmHWM")}
+
+
+def timed_fetch(mhash: str, out: Path, via: DhtNode, pids: dict[str, int], timeout: float,
+                logdir: Path, tag: str) -> tuple[CliRun, dict[str, float]]:
+    """``dhtshare fetch`` through ``via``: its CLI run and the CPU of ``pids`` meanwhile.
+
+    CPU as in the matrix: utime+stime of each running process between just
+    before and just after, plus the fetch CLI's rusage (``fetch_cli``).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    run = run_cli(dhtshare_argv("fetch", mhash, "-o", str(out), "--data-dir",
+                                str(via.data_dir), "--json"), timeout, logdir, tag)
+    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu = {name: after[name] - before[name] for name in pids}
+    cpu["fetch_cli"] = run.cpu
+    return run, cpu
+
+
+def fetch_error(run: CliRun, out: Path, sha256: str) -> str:
+    """Empty when the fetch exited 0 and its output has the source's SHA-256."""
+    if run.rc != 0:
+        return f"fetch exited {run.rc}: {run.stderr.strip()[-300:]}"
+    if not verify([out], sha256)[0]:
+        return "SHA-256 mismatch"
+    return ""
+
+
+def small_fetch(mhash: str, src: Source, out: Path, via: DhtNode, logdir: Path,
+                tag: str) -> dict[str, Any]:
+    """A small fetch through ``via``: CLI wall from process start to exit, verified."""
+    run, _ = timed_fetch(mhash, out, via, {}, SMALL_FETCH_TIMEOUT, logdir, tag)
+    err = fetch_error(run, out, src.sha256)
+    return {**fetch_record(run), "ok": not err, "error": err}
+
+
+def big_fetch(res: RunResult, mhash: str, src: Source, out: Path, via: DhtNode,
+              pids: dict[str, int], logdir: Path) -> None:
+    """The big fetch of a run, timed and verified into ``res`` (wall, CPU, ok)."""
+    run, cpu = timed_fetch(mhash, out, via, pids, transfer_timeout(src.size, 1), logdir,
+                           "fetch-big")
+    res.fetchers.append(fetch_record(run))
+    res.cpu = cpu
+    err = fetch_error(run, out, src.sha256)
+    if err:
+        res.error = err
+        return
+    res.wall = run.wall
+    res.ok = True
+
+
+def lt_fetch_once(res: RunResult, seed: LtPeer, seed_port: int, src: Source, rundir: Path,
+                  settings: list[str], budget: float) -> None:
+    """A fresh libtorrent leecher fetches from a running seeder, then quits.
+
+    The clock runs from ``go`` (with just the seeder as peer) to ``done``, as
+    in the matrix; CPU is the seeder's and the leecher's over that span.
+    """
+    assert src.torrent is not None
+    logdir = rundir / "logs"
+    leech = LtPeer(f"leech{res.run}", "leech", src.torrent, rundir / "out", logdir, budget,
+                   settings)
+    try:
+        leech.expect("ready", time.monotonic() + NODE_START_TIMEOUT)
+        pids = {"seeder": seed.pid, "fetcher": leech.pid}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        t0 = time.perf_counter()
+        leech.send({"cmd": "go", "peers": [["127.0.0.1", seed_port]]})
+        t, msg = leech.expect("done", time.monotonic() + transfer_timeout(src.size, 1))
+        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        res.cpu = {name: after[name] - before[name] for name in pids}
+        res.rss = {"fetcher_max": proc_status(leech.pid).get("VmHWM", 0)}
+        res.fetchers.append({"wall": round(t - t0, 4), "elapsed_in_peer": msg.get("elapsed"),
+                             "flush_seconds": msg.get("flush_seconds"),
+                             "payload_down": msg.get("payload_down")})
+        leech.send({"cmd": "quit"})
+        with contextlib.suppress(TimeoutError, RuntimeError):
+            leech.expect("bye", time.monotonic() + 10)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            leech.proc.p.wait(10)
+    finally:
+        stop_all([leech.proc])
+    out = rundir / "out" / src.path.name
+    ok = verify([out], src.sha256)[0]
+    out.unlink(missing_ok=True)
+    res.wall = t - t0
+    res.ok = ok
+    if not ok:
+        res.error = "SHA-256 mismatch"
+
+
+def run_failed(res: RunResult, err: BaseException) -> None:
+    """A run that raised: recorded with what it measured so far; the scenario goes on."""
+    res.ok = False
+    msg = f"{type(err).__name__}: {err}"[-2000:]
+    res.error = f"{msg}; {res.error}" if res.error else msg
+
+
+def log_run(label: str, r: RunResult, total: int, t_setup: float, more: str = "") -> None:
+    """One progress line per run on stderr, as the matrix prints."""
+    status = (f"{r.wall:.3f} s, CPU {r.cpu_total:.2f} s{more}" if r.ok
+              else f"FAILED: {r.error.splitlines()[0] if r.error else '?'}")
+    log(f"{label} {r.tool} run {r.run + 1}/{total}: {status} "
+        f"({time.perf_counter() - t_setup:.1f} s with setup)")
+
+
+def series(values: list[float | None]) -> dict[str, Any]:
+    """Median, min and max of the measured values (``None``: not measured)."""
+    vals = [v for v in values if v is not None and v == v]
+    if not vals:
+        return {"n": 0, "median": None, "min": None, "max": None}
+    return {"n": len(vals), "median": statistics.median(vals), "min": min(vals),
+            "max": max(vals)}
+
+
+def mb_per_s(size: int, wall: float | None) -> float | None:
+    """Throughput of one run (10^6 bytes/s); ``None`` for a run without a wall time."""
+    return None if wall is None or wall != wall or wall <= 0 else size / wall / 1e6
+
+
+# == scenario `seeder`: one long-running seeder, fresh fetchers come and go ============
+@dataclass
+class SeederSetup:
+    """What stays up for the whole scenario: each tool's seeder (and dhtshare's bootstrap)."""
+
+    root: Path
+    big: Source
+    small: Source
+    nodes: dict[str, DhtNode] = field(default_factory=dict)
+    big_hash: str = ""
+    small_hash: str = ""
+    lt_seed: LtPeer | None = None
+    lt_port: int = 0
+    lt_budget: float = 0.0
+    d_error: str = ""
+    lt_error: str = ""
+
+
+def seeder_setup_dhtshare(ctx: SeederSetup, stack: contextlib.ExitStack,
+                          info: dict[str, Any]) -> None:
+    """Bootstrap + seeder, started once; both files published once with ``--replicas 0``."""
+    logdir = ctx.root / "logs"
+    ctx.nodes = stack.enter_context(dht_network(ctx.root / "dht", ["seeder"]))
+    t = time.perf_counter()
+    ctx.big_hash, _, _ = publish(ctx.nodes["seeder"], ctx.big.path, logdir, "publish-big")
+    info["publish_big_seconds"] = round(time.perf_counter() - t, 4)
+    t = time.perf_counter()
+    ctx.small_hash, _, _ = publish(ctx.nodes["seeder"], ctx.small.path, logdir, "publish-small")
+    info["publish_small_seconds"] = round(time.perf_counter() - t, 4)
+
+
+def seeder_setup_libtorrent(ctx: SeederSetup, runs: int, settings: list[str],
+                            info: dict[str, Any]) -> None:
+    """One libtorrent seeder, checked once, with a budget for every run of the scenario."""
+    assert ctx.big.torrent is not None
+    per_run = transfer_timeout(ctx.big.size, 1) + 2 * NODE_START_TIMEOUT + 60
+    ctx.lt_budget = per_run + 120
+    ctx.lt_seed = LtPeer("lt-seeder", "seed", ctx.big.torrent, ctx.big.path.parent,
+                         ctx.root / "logs", runs * 2 * per_run + 600, settings)
+    _, ready = ctx.lt_seed.expect("ready", time.monotonic() + transfer_timeout(ctx.big.size, 1))
+    ctx.lt_port = int(ready["port"])
+    info["lt_seed_check_seconds"] = ready.get("check_seconds")
+    info["lt_settings"] = ready.get("settings")
+
+
+def seeder_run_dhtshare(ctx: SeederSetup, res: RunResult) -> None:
+    """A fresh fetcher node: status and ready times, 8 MiB, then the big file; it leaves."""
+    run_no = res.run
+    boot, seeder = ctx.nodes["boot"], ctx.nodes["seeder"]
+    for n in (boot, seeder):
+        if not n.proc.alive():
+            raise RuntimeError(f"the long-running {n.name} exited ({n.proc.p.returncode}):\n"
+                               f"{n.proc.tail()}")
+    rundir = ctx.root / "runs" / f"dhtshare-{run_no}"
+    logdir = rundir / "logs"
+    node, timing = start_fresh_node(f"fetcher{run_no}", rundir / "fetcher", logdir, boot.port,
+                                    measure_status=True)
+    res.extra.update(timing)
+    outs = [rundir / "out" / ctx.small.path.name, rundir / "out" / ctx.big.path.name]
+    try:
+        res.extra["fetch_small"] = small_fetch(ctx.small_hash, ctx.small, outs[0], node,
+                                               logdir, "fetch-small")
+        pids = {"seeder": seeder.pid, "fetcher": node.pid, "bootstrap": boot.pid}
+        big_fetch(res, ctx.big_hash, ctx.big, outs[1], node, pids, logdir)
+        res.rss = {"seeder": proc_status(seeder.pid).get("VmHWM", 0),
+                   "fetcher_max": proc_status(node.pid).get("VmHWM", 0),
+                   "fetch_cli_max": max((f.get("maxrss", 0) for f in res.fetchers), default=0)}
+    finally:
+        for o in outs:  # verified: gone before the node leaves, as after a user moved them
+            o.unlink(missing_ok=True)
+        res.extra["leave"] = depart([node.proc], signal.SIGTERM)[0]
+    res.extra["seeder_after"] = node_status(seeder, logdir)
+    small_err = res.extra["fetch_small"].get("error")
+    if small_err:
+        res.error = "; ".join(e for e in (res.error, f"8 MiB: {small_err}") if e)
+
+
+def seeder_run_libtorrent(ctx: SeederSetup, res: RunResult, settings: list[str]) -> None:
+    """A fresh leecher against the long-running libtorrent seeder."""
+    run_no = res.run
+    seed = ctx.lt_seed
+    if seed is None or not seed.proc.alive():
+        raise RuntimeError("the long-running libtorrent seeder is not running"
+                           + (f":\n{seed.proc.tail()}" if seed else ""))
+    lt_fetch_once(res, seed, ctx.lt_port, ctx.big, ctx.root / "runs" / f"libtorrent-{run_no}",
+                  settings, ctx.lt_budget)
+    res.extra["seeder_after"] = {"vmrss": proc_status(seed.pid).get("VmRSS"),
+                                 "vmhwm": proc_status(seed.pid).get("VmHWM")}
+
+
+def stop_lt_seeder(seed: LtPeer | None) -> None:
+    """Ask the long-running libtorrent seeder to quit; signals only if it does not."""
+    if seed is None:
+        return
+    seed.send({"cmd": "quit"})
+    with contextlib.suppress(TimeoutError, RuntimeError):
+        seed.expect("bye", time.monotonic() + 10)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        seed.proc.p.wait(10)
+    stop_all([seed.proc])
+
+
+def run_seeder_scenario(args: argparse.Namespace, big: Source, work: Path) -> dict[str, Any]:
+    """Both tools' seeders stay up; ``--seeder-runs`` fresh fetchers each, alternating."""
+    root = work / "seeder"
+    (work / "files").mkdir(parents=True, exist_ok=True)
+    small = generate(work / "files" / "seeder-small-8MiB.bin", SEEDER_SMALL)
+    ctx = SeederSetup(root, big, small)
+    setup: dict[str, Any] = {}
+    out: dict[str, Any] = {"size": big.size, "small_size": small.size, "runs_wanted":
+                           args.seeder_runs, "setup": setup,
+                           "runs": {"dhtshare": [], "libtorrent": []}}
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: stop_lt_seeder(ctx.lt_seed))
+        try:
+            seeder_setup_dhtshare(ctx, stack, setup)
+        except Exception as err:  # the libtorrent runs still go ahead
+            ctx.d_error = f"setup: {type(err).__name__}: {err}"[-2000:]
+            log(f"seeder: dhtshare setup FAILED: {ctx.d_error.splitlines()[0]}")
+        try:
+            seeder_setup_libtorrent(ctx, args.seeder_runs, args.lt_set, setup)
+        except Exception as err:
+            ctx.lt_error = f"setup: {type(err).__name__}: {err}"[-2000:]
+            log(f"seeder: libtorrent setup FAILED: {ctx.lt_error.splitlines()[0]}")
+        for run_no in range(args.seeder_runs):
+            for tool in ("dhtshare", "libtorrent"):
+                t = time.perf_counter()
+                r = RunResult(tool, run_no)
+                try:
+                    if tool == "dhtshare":
+                        if ctx.d_error:
+                            raise RuntimeError(ctx.d_error)
+                        seeder_run_dhtshare(ctx, r)
+                    else:
+                        if ctx.lt_error:
+                            raise RuntimeError(ctx.lt_error)
+                        seeder_run_libtorrent(ctx, r, args.lt_set)
+                except Exception as err:  # one failed run must not stop the scenario
+                    run_failed(r, err)
+                out["runs"][tool].append(r)
+                more = ""
+                if tool == "dhtshare" and r.ok:
+                    more = (f"; 8 MiB {fmt_s(r.extra['fetch_small']['wall'])} s; status after "
+                            f"{fmt_s(r.extra.get('status_after_start'))} s; left in "
+                            f"{fmt_s(r.extra['leave'].get('seconds'))} s")
+                log_run(f"seeder {fmt_size(big.size)}", r, args.seeder_runs, t, more)
+                rundir = root / "runs" / f"{tool}-{run_no}"
+                if r.ok or not args.keep_failed:
+                    shutil.rmtree(rundir, ignore_errors=True)
+    out["summary"] = summarize_seeder(out)
+    return out
+
+
+def seeder_rows(scen: dict[str, Any]) -> list[dict[str, Any]]:
+    """One plain row per run (dhtshare run i next to libtorrent run i)."""
+    size = scen["size"]
+    rows: list[dict[str, Any]] = []
+    for d, lt_ in zip(scen["runs"]["dhtshare"], scen["runs"]["libtorrent"], strict=False):
+        small = d.extra.get("fetch_small") or {}
+        rows.append({
+            "run": d.run + 1,
+            "d_ok": d.ok, "d_wall": d.wall if d.ok else None,
+            "d_mb_s": mb_per_s(size, d.wall) if d.ok else None,
+            "d_cpu": d.cpu_total if d.ok else None,
+            "d_small_ok": bool(small.get("ok")),
+            "d_small_wall": small.get("wall") if small.get("ok") else None,
+            "d_status_s": d.extra.get("status_after_start"),
+            "d_ready_s": d.extra.get("ready_after_start"),
+            "d_leave_s": (d.extra.get("leave") or {}).get("seconds"),
+            "d_seeder_contacts": (d.extra.get("seeder_after") or {}).get("contacts"),
+            "d_seeder_rss": (d.extra.get("seeder_after") or {}).get("vmrss"),
+            "d_error": d.error,
+            "lt_ok": lt_.ok, "lt_wall": lt_.wall if lt_.ok else None,
+            "lt_mb_s": mb_per_s(size, lt_.wall) if lt_.ok else None,
+            "lt_cpu": lt_.cpu_total if lt_.ok else None,
+            "lt_seeder_rss": (lt_.extra.get("seeder_after") or {}).get("vmrss"),
+            "lt_error": lt_.error,
+        })
+    return rows
+
+
+def drift(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """First run's throughput, and the slowest run's as a fraction of it.
+
+    A failed run counts as the slowest (a fraction of 0), so "every run
+    within 10 % of the first" cannot be met by skipping runs.
+    """
+    first = rows[0][key] if rows else None
+    vals = [r[key] for r in rows]
+    if not first:
+        return {"first_mb_s": None, "slowest_vs_first": None, "failed_runs": vals.count(None)}
+    slowest = 0.0 if None in vals else min(vals)
+    return {"first_mb_s": first, "slowest_mb_s": slowest,
+            "slowest_vs_first": slowest / first, "failed_runs": vals.count(None)}
+
+
+def summarize_seeder(scen: dict[str, Any]) -> dict[str, Any]:
+    """Per-run rows plus what the targets read; stored, so ``--render`` needs no runs."""
+    rows = seeder_rows(scen)
+    after = rows[1:]  # at least one fetcher has left the network
+    d: dict[str, Any] = {
+        "wall": series([r["d_wall"] for r in rows]),
+        "mb_s": series([r["d_mb_s"] for r in rows]),
+        "cpu": series([r["d_cpu"] for r in rows]),
+        "small_wall": series([r["d_small_wall"] for r in rows]),
+        "small_wall_after_departures": series([r["d_small_wall"] for r in after]),
+        "small_failed_after_departures": sum(not r["d_small_ok"] for r in after),
+        "status_after_start": series([r["d_status_s"] for r in rows]),
+        "status_missing": sum(r["d_status_s"] is None for r in rows),
+        "ready_after_start": series([r["d_ready_s"] for r in rows]),
+        "leave": series([r["d_leave_s"] for r in rows]),
+        **drift(rows, "d_mb_s"),
+    }
+    lt_: dict[str, Any] = {
+        "wall": series([r["lt_wall"] for r in rows]),
+        "mb_s": series([r["lt_mb_s"] for r in rows]),
+        "cpu": series([r["lt_cpu"] for r in rows]),
+        **drift(rows, "lt_mb_s"),
+    }
+    return {"rows": rows, "dhtshare": d, "libtorrent": lt_,
+            "mb_s_ratio": ratio(d["mb_s"]["median"], lt_["mb_s"]["median"])}
+
+
+# == scenario `churn`: a fresh node fetches after 30 % of the network left =============
+def churn_depart_and_join(nodes: dict[str, DhtNode], rng: random.Random, root: Path,
+                          extra: list[DhtNode], res: RunResult) -> None:
+    """6 of the 18 plain nodes leave (3 SIGTERM, then 3 SIGKILL); 6 new ones join.
+
+    Never the bootstrap or the seeder: the file must stay reachable; what
+    changes is everything a fresh node learns from the network.
+    """
+    plain = [n for n in nodes if n not in ("boot", "seeder")]
+    leaving = rng.sample(plain, CHURN_LEAVE)
+    polite, crashed = leaving[: CHURN_LEAVE // 2], leaving[CHURN_LEAVE // 2 :]
+    res.extra["sigterm"] = depart([nodes[n].proc for n in polite], signal.SIGTERM)
+    res.extra["sigkill"] = depart([nodes[n].proc for n in crashed], signal.SIGKILL)
+    t = time.perf_counter()
+    logdir = root / "logs"
+    joiners = []
+    for k in range(CHURN_JOIN):
+        node = DhtNode(f"join{k}", root / f"join{k}", logdir, nodes["boot"].port)
+        extra.append(node)
+        joiners.append(node)
+    deadline = time.monotonic() + NODE_START_TIMEOUT
+    for node in joiners:
+        node.wait_ready(deadline)
+    res.extra["join_seconds"] = round(time.perf_counter() - t, 4)
+
+
+def churn_run_dhtshare(args: argparse.Namespace, big: Source, small: Source, res: RunResult,
+                       rundir: Path) -> None:
+    """A fresh 20-node network, churned, then fetched from through a just-started node."""
+    run_no = res.run
+    logdir = rundir / "logs"
+    rng = random.Random(f"{args.seed}-churn-{run_no}")
+    names = ["seeder", *(f"node{i}" for i in range(1, CHURN_PLAIN + 1))]
+    extra: list[DhtNode] = []
+    t = time.perf_counter()
+    with dht_network(rundir, names) as nodes:
+        try:
+            res.extra["network_start_seconds"] = round(time.perf_counter() - t, 4)
+            small_hash, _, _ = publish(nodes["seeder"], small.path, logdir, "publish-small")
+            big_hash, _, _ = publish(nodes["seeder"], big.path, logdir, "publish-big")
+            churn_depart_and_join(nodes, rng, rundir, extra, res)
+            fresh, timing = start_fresh_node("fresh", rundir / "fresh", logdir,
+                                             nodes["boot"].port, measure_status=False)
+            extra.append(fresh)
+            res.extra.update(timing)
+            res.extra["fetch_small"] = small_fetch(small_hash, small,
+                                                   rundir / "out" / small.path.name, fresh,
+                                                   logdir, "fetch-small")
+            (rundir / "out" / small.path.name).unlink(missing_ok=True)
+            main_pids = {"seeder": nodes["seeder"].pid, "fetcher": fresh.pid,
+                         "bootstrap": nodes["boot"].pid}
+            others = {n.name: n.pid for n in [*nodes.values(), *extra]
+                      if n.proc.alive() and n.pid not in main_pids.values()}
+            big_fetch(res, big_hash, big, rundir / "out" / big.path.name, fresh,
+                      {**main_pids, **others}, logdir)
+            (rundir / "out" / big.path.name).unlink(missing_ok=True)
+            # CPU "as in the matrix" counts seeder, fetcher, bootstrap and the CLI;
+            # the other nodes' share is kept apart
+            res.extra["cpu_other_nodes"] = sum(res.cpu.pop(n) for n in others)
+            res.extra["network_nodes_at_fetch"] = len(others) + len(main_pids)
+        finally:
+            stop_all([n.proc for n in extra])
+    small_err = (res.extra.get("fetch_small") or {}).get("error")
+    if small_err:
+        res.error = "; ".join(e for e in (res.error, f"1 MiB: {small_err}") if e)
+
+
+def run_churn_scenario(args: argparse.Namespace, big: Source, work: Path) -> dict[str, Any]:
+    """``--churn-runs`` of each tool, alternating, each on a fresh network."""
+    (work / "files").mkdir(parents=True, exist_ok=True)
+    small = generate(work / "files" / "churn-small-1MiB.bin", CHURN_SMALL)
+    out: dict[str, Any] = {"size": big.size, "small_size": small.size,
+                           "nodes": 2 + CHURN_PLAIN, "leave": CHURN_LEAVE,
+                           "join": CHURN_JOIN, "seed": args.seed,
+                           "runs": {"dhtshare": [], "libtorrent": []}}
+    for run_no in range(args.churn_runs):
+        for tool in ("dhtshare", "libtorrent"):
+            rundir = work / "churn" / f"{tool}-{run_no}"
+            rundir.mkdir(parents=True, exist_ok=True)
+            t = time.perf_counter()
+            r = RunResult(tool, run_no)
+            try:
+                if tool == "dhtshare":
+                    churn_run_dhtshare(args, big, small, r, rundir)
+                else:
+                    r = run_libtorrent(big, 1, rundir, run_no, args.lt_set,
+                                       dead_peers=CHURN_LEAVE)
+            except Exception as err:  # one failed run must not stop the scenario
+                run_failed(r, err)
+            out["runs"][tool].append(r)
+            more = ""
+            if tool == "dhtshare" and r.ok:
+                more = (f"; 1 MiB {fmt_s(r.extra['fetch_small']['wall'])} s; 6 joined in "
+                        f"{r.extra.get('join_seconds')} s")
+            log_run(f"churn {fmt_size(big.size)}", r, args.churn_runs, t, more)
+            if r.ok or not args.keep_failed:
+                shutil.rmtree(rundir, ignore_errors=True)
+    out["summary"] = summarize_churn(out)
+    return out
+
+
+def churn_rows(scen: dict[str, Any]) -> list[dict[str, Any]]:
+    """One plain row per run (dhtshare run i next to libtorrent run i)."""
+    size = scen["size"]
+    rows: list[dict[str, Any]] = []
+    for d, lt_ in zip(scen["runs"]["dhtshare"], scen["runs"]["libtorrent"], strict=False):
+        small = d.extra.get("fetch_small") or {}
+        term = [x.get("seconds") for x in d.extra.get("sigterm", [])]
+        big = d.fetchers[0] if d.fetchers else {}
+        rows.append({
+            "run": d.run + 1,
+            "d_ok": d.ok, "d_wall": d.wall if d.ok else None,
+            "d_mb_s": mb_per_s(size, d.wall) if d.ok else None,
+            "d_cpu": d.cpu_total if d.ok else None,
+            "d_small_ok": bool(small.get("ok")),
+            "d_small_wall": small.get("wall") if small.get("ok") else None,
+            "d_small_unreachable": small.get("unreachable"),
+            "d_big_unreachable": big.get("unreachable"),
+            "d_ready_s": d.extra.get("ready_after_start"),
+            "d_sigterm_max_s": None if not term or None in term else max(term),
+            "d_join_s": d.extra.get("join_seconds"),
+            "d_error": d.error,
+            "lt_ok": lt_.ok, "lt_wall": lt_.wall if lt_.ok else None,
+            "lt_mb_s": mb_per_s(size, lt_.wall) if lt_.ok else None,
+            "lt_cpu": lt_.cpu_total if lt_.ok else None,
+            "lt_error": lt_.error,
+        })
+    return rows
+
+
+def summarize_churn(scen: dict[str, Any]) -> dict[str, Any]:
+    """Per-run rows plus what the targets read; stored, so ``--render`` needs no runs."""
+    rows = churn_rows(scen)
+    d: dict[str, Any] = {
+        "wall": series([r["d_wall"] for r in rows]),
+        "mb_s": series([r["d_mb_s"] for r in rows]),
+        "cpu": series([r["d_cpu"] for r in rows]),
+        "small_wall": series([r["d_small_wall"] for r in rows]),
+        "small_failed": sum(not r["d_small_ok"] for r in rows),
+        "ready_after_start": series([r["d_ready_s"] for r in rows]),
+        "sigterm_leave": series([r["d_sigterm_max_s"] for r in rows]),
+        "join": series([r["d_join_s"] for r in rows]),
+        "failed_runs": sum(not r["d_ok"] for r in rows),
+    }
+    lt_: dict[str, Any] = {
+        "wall": series([r["lt_wall"] for r in rows]),
+        "mb_s": series([r["lt_mb_s"] for r in rows]),
+        "cpu": series([r["lt_cpu"] for r in rows]),
+        "failed_runs": sum(not r["lt_ok"] for r in rows),
+    }
+    return {"rows": rows, "dhtshare": d, "libtorrent": lt_,
+            "mb_s_ratio": ratio(d["mb_s"]["median"], lt_["mb_s"]["median"]),
+            "wall_ratio": ratio(d["wall"]["median"], lt_["wall"]["median"])}
+
+
+def run_named_scenarios(args: argparse.Namespace, sources: dict[int, Source], work: Path,
+                        report: dict[str, Any]) -> None:
+    """``seeder`` and ``churn``, in the order given; a crash is recorded, not raised."""
+    for scen in args.scenarios:
+        if is_1xn(scen):
+            continue
+        log(f"scenario {scen} ...")
+        try:
+            if scen == "seeder":
+                report["seeder"] = run_seeder_scenario(args, sources[args.seeder_size], work)
+            elif scen == "churn":
+                report["churn"] = run_churn_scenario(args, sources[args.churn_size], work)
+        except Exception as err:
+            report[scen] = {"error": f"{type(err).__name__}: {err}"[-2000:]}
+            log(f"scenario {scen} FAILED: {report[scen]['error'].splitlines()[0]}")
+
+
 # -- report -----------------------------------------------------------------------------
 def mb(n: int | None) -> str:
     return "-" if not n else f"{n / 1e6:.0f}"
@@ -864,7 +1553,193 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             spread = hi / lo
             add(f"{scen} dhtshare fetcher peak RSS, {fmt_size(max(rss))} / {fmt_size(min(rss))}",
                 spread, "flat (<= 1.2)", spread <= 1.2)
+    seeder_targets(report.get("seeder"), add)
+    churn_targets(report.get("churn"), add)
     return out
+
+
+AddTarget = Callable[[str, float | None, str, bool | None], None]
+
+
+def seeder_targets(scen: dict[str, Any] | None, add: AddTarget) -> None:
+    """The long-running seeder's targets (nothing when the scenario did not run)."""
+    if not scen or "summary" not in scen:
+        return
+    sm, size = scen["summary"], fmt_size(scen["size"])
+    d = sm["dhtshare"]
+    if sm.get("mb_s_ratio") is not None:
+        r = sm["mb_s_ratio"]
+        add(f"long-running seeder 1→1 {size} throughput, dhtshare / libtorrent (median of "
+            "runs)", r, ">= 2", r >= 2)
+    if d.get("slowest_vs_first") is not None:
+        r = d["slowest_vs_first"]
+        add(f"long-running seeder: slowest {size} run / first run, dhtshare (every run "
+            "within 10 % of the first)", r, ">= 0.9", r >= 0.9)
+    small = d["small_wall_after_departures"]
+    if small["n"]:
+        failed = d.get("small_failed_after_departures", 0)
+        add(f"{fmt_size(scen['small_size'])} fetch through a just-started node, after "
+            f"departures, slowest (s)" + (f" ({failed} failed)" if failed else ""),
+            small["max"], "< 0.3", small["max"] < 0.3 and not failed)
+        add(f"{fmt_size(scen['small_size'])} fetch through a just-started node, after "
+            "departures, median (s)", small["median"], "< 0.3", small["median"] < 0.3)
+    st = d["status_after_start"]
+    if st["n"] or d.get("status_missing"):
+        missing = d.get("status_missing", 0)
+        add("status answered after node start, slowest (s)"
+            + (f" ({missing} runs without an answer)" if missing else ""),
+            st["max"], "< 0.5", st["max"] is not None and st["max"] < 0.5 and not missing)
+
+
+def churn_targets(scen: dict[str, Any] | None, add: AddTarget) -> None:
+    """Churn numbers, informational: no threshold was set for them."""
+    if not scen or "summary" not in scen:
+        return
+    sm = scen["summary"]
+    small = sm["dhtshare"]["small_wall"]
+    if small["n"]:
+        add(f"churn: {fmt_size(scen['small_size'])} fetch through a just-started node (s), "
+            "median", small["median"], "informational", None)
+    if sm.get("mb_s_ratio") is not None:
+        add(f"churn: {fmt_size(scen['size'])} throughput, dhtshare / libtorrent (stale peer "
+            "list), median", sm["mb_s_ratio"], "informational", None)
+
+
+def fmt_s(v: float | None, digits: int = 3) -> str:
+    """Seconds (or any number) for a table cell; ``-`` when not measured."""
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def fmt_mb(n: int | None) -> str:
+    """Bytes as MB with one decimal: a long-running seeder's growth is a few MB."""
+    return "-" if not n else f"{n / 1e6:.1f}"
+
+
+def fmt_series(s: dict[str, Any], digits: int = 3) -> str:
+    """``median (min-max)`` of a :func:`series`."""
+    if not s.get("n"):
+        return "-"
+    return (f"{fmt_s(s['median'], digits)} ({fmt_s(s['min'], digits)}-"
+            f"{fmt_s(s['max'], digits)})")
+
+
+def cell(ok: bool, v: float | None, digits: int = 3) -> str:
+    """A per-run table cell: the number, or ``failed`` so a gap is never read as fast."""
+    return fmt_s(v, digits) if ok else "failed"
+
+
+def failed_note(s: dict[str, Any]) -> str:
+    """`` (N failed)`` after a summary figure that leaves failed runs out."""
+    n = s.get("failed_runs")
+    return f" ({n} failed)" if n else ""
+
+
+def scenario_failed(title: str, scen: dict[str, Any]) -> list[str]:
+    """The section of a scenario that crashed before any run (its error, kept)."""
+    return [f"## {title}", "", f"Did not run: {scen.get('error', '?')}", ""]
+
+
+def seeder_markdown(scen: dict[str, Any] | None) -> list[str]:
+    """The long-running seeder's section: every run, then the summary."""
+    if not scen:
+        return []
+    title = "Long-running seeder: fresh fetchers come and go"
+    if "summary" not in scen:
+        return scenario_failed(title, scen)
+    sm, size, small = scen["summary"], fmt_size(scen["size"]), fmt_size(scen["small_size"])
+    d, lt_ = sm["dhtshare"], sm["libtorrent"]
+    lines = [
+        f"## {title}",
+        "",
+        f"One seeder of each tool runs for the whole scenario; per run a fresh fetcher "
+        f"starts, fetches and leaves (dhtshare: SIGTERM).  dhtshare: {small} then {size}; "
+        f"libtorrent: {size}.",
+        "",
+        f"| run | dhtshare {size} wall s | MB/s | CPU s | dhtshare {small} s | "
+        "status after start s | ready line s | fetcher left in s | seeder contacts after | "
+        f"libtorrent {size} wall s | MB/s | CPU s | seeder RSS MB dhtshare / libtorrent |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sm["rows"]:
+        rss = f"{fmt_mb(r['d_seeder_rss'])} / {fmt_mb(r['lt_seeder_rss'])}"
+        lines.append(
+            f"| {r['run']} | {cell(r['d_ok'], r['d_wall'])} | {cell(r['d_ok'], r['d_mb_s'], 0)} "
+            f"| {cell(r['d_ok'], r['d_cpu'], 2)} | {cell(r['d_small_ok'], r['d_small_wall'])} "
+            f"| {fmt_s(r['d_status_s'])} | {fmt_s(r['d_ready_s'])} | {fmt_s(r['d_leave_s'])} "
+            f"| {r['d_seeder_contacts'] if r['d_seeder_contacts'] is not None else '-'} "
+            f"| {cell(r['lt_ok'], r['lt_wall'])} | {cell(r['lt_ok'], r['lt_mb_s'], 0)} "
+            f"| {cell(r['lt_ok'], r['lt_cpu'], 2)} | {rss} |")
+    lines += [
+        "",
+        f"Median (min-max): dhtshare {size} {fmt_series(d['wall'])} s, "
+        f"{fmt_series(d['mb_s'], 0)} MB/s; {small} {fmt_series(d['small_wall'])} s "
+        f"(runs 2+, after departures: {fmt_series(d['small_wall_after_departures'])} s); "
+        f"status after start {fmt_series(d['status_after_start'])} s; ready line "
+        f"{fmt_series(d['ready_after_start'])} s; leaving {fmt_series(d['leave'])} s.  "
+        f"libtorrent {size} {fmt_series(lt_['wall'])} s, {fmt_series(lt_['mb_s'], 0)} MB/s.  "
+        f"Slowest {size} run / first run (throughput; a failed run counts as 0): dhtshare "
+        f"{fmt_s(d.get('slowest_vs_first'), 2)}{failed_note(d)}, libtorrent "
+        f"{fmt_s(lt_.get('slowest_vs_first'), 2)}{failed_note(lt_)}.  Throughput dhtshare / "
+        f"libtorrent (median of per-run MB/s): {fmt_s(sm.get('mb_s_ratio'), 2)}.",
+        "",
+        "Wall = `dhtshare fetch` CLI from process start to exit; libtorrent: `go` to `done`.  "
+        "CPU = seeder + fetcher (+ dhtshare's bootstrap and fetch CLI) over the fetch.  "
+        "Status after start: from spawning the fetcher node until the first `dhtshare "
+        "status` that succeeds exits (polled every 20 ms).  Seeder RSS: VmRSS of each "
+        "long-running seeder after the run (after its `dhtshare status`, for dhtshare).",
+        "",
+    ]
+    return lines
+
+
+def churn_markdown(scen: dict[str, Any] | None) -> list[str]:
+    """The churn section: every run, then the summary."""
+    if not scen:
+        return []
+    title = "Churn: a fresh node fetches after 30 % of the network left"
+    if "summary" not in scen:
+        return scenario_failed(title, scen)
+    sm, size, small = scen["summary"], fmt_size(scen["size"]), fmt_size(scen["small_size"])
+    d, lt_ = sm["dhtshare"], sm["libtorrent"]
+    half = scen["leave"] // 2
+    lines = [
+        f"## {title}",
+        "",
+        f"dhtshare: {scen['nodes']} nodes; {scen['leave']} plain nodes leave ({half} "
+        f"SIGTERM, {scen['leave'] - half} SIGKILL; seed {scen['seed']}), {scen['join']} join; "
+        f"then a just-started node fetches {small} and {size}.  libtorrent: a fresh leecher "
+        f"handed the seeder plus {scen['leave']} dead addresses fetches {size}.  A fresh "
+        "network per run.",
+        "",
+        f"| run | dhtshare {small} s | dhtshare {size} wall s | MB/s | CPU s | unreachable "
+        f"providers skipped | fresh node ready s | SIGTERM'd left in s | {scen['join']} "
+        f"joined in s | libtorrent {size} wall s | MB/s | CPU s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sm["rows"]:
+        unreach = "/".join("-" if x is None else str(x)
+                           for x in (r["d_small_unreachable"], r["d_big_unreachable"]))
+        lines.append(
+            f"| {r['run']} | {cell(r['d_small_ok'], r['d_small_wall'])} "
+            f"| {cell(r['d_ok'], r['d_wall'])} | {cell(r['d_ok'], r['d_mb_s'], 0)} "
+            f"| {cell(r['d_ok'], r['d_cpu'], 2)} | {unreach} | {fmt_s(r['d_ready_s'])} "
+            f"| {fmt_s(r['d_sigterm_max_s'])} | {fmt_s(r['d_join_s'])} "
+            f"| {cell(r['lt_ok'], r['lt_wall'])} | {cell(r['lt_ok'], r['lt_mb_s'], 0)} "
+            f"| {cell(r['lt_ok'], r['lt_cpu'], 2)} |")
+    lines += [
+        "",
+        f"Median (min-max): dhtshare {small} {fmt_series(d['small_wall'])} s; {size} "
+        f"{fmt_series(d['wall'])} s, {fmt_series(d['mb_s'], 0)} MB/s{failed_note(d)}.  "
+        f"libtorrent {size} {fmt_series(lt_['wall'])} s, {fmt_series(lt_['mb_s'], 0)} MB/s"
+        f"{failed_note(lt_)}.  {size} "
+        f"dhtshare / libtorrent: throughput {fmt_s(sm.get('mb_s_ratio'), 2)}, wall "
+        f"{fmt_s(sm.get('wall_ratio'), 2)}.",
+        "",
+        "Unreachable providers skipped: as the fetch's JSON reports them "
+        f"({small} / {size}).",
+        "",
+    ]
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -955,6 +1830,8 @@ def markdown(report: dict[str, Any]) -> str:
                              f" {rep.get('reached')} of {rep.get('requested')}) | "
                              f"{pub['publish_default_seconds']} s |")
         lines.append("")
+    lines += seeder_markdown(report.get("seeder"))
+    lines += churn_markdown(report.get("churn"))
     tg = report.get("targets", [])
     if tg:
         lines += ["## Targets", "", "| target | measured | wanted | met |", "|---|---:|---|---|"]
@@ -1008,7 +1885,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--sizes", default="64M,512M,1G",
                     help="comma-separated file sizes (K/M/G suffixes, binary)")
     ap.add_argument("--runs", type=int, default=5, help="runs of each tool per scenario/size")
-    ap.add_argument("--scenarios", default="1x1,1x4", help="comma-separated 1xN")
+    ap.add_argument("--scenarios", default="1x1,1x4,seeder,churn",
+                    help="comma-separated: 1xN (one provider, N fetchers), seeder "
+                         "(a long-running seeder), churn (a fetch after 30 %% of the "
+                         "network left)")
+    ap.add_argument("--seeder-size", type=parse_size, default=512 * MIB,
+                    help="file size for the seeder scenario")
+    ap.add_argument("--seeder-runs", type=int, default=10,
+                    help="fresh fetchers of each tool against the long-running seeder")
+    ap.add_argument("--churn-size", type=parse_size, default=512 * MIB,
+                    help="file size for the churn scenario")
+    ap.add_argument("--churn-runs", type=int, default=3,
+                    help="runs of each tool in the churn scenario (a fresh network each)")
+    ap.add_argument("--seed", type=int, default=1,
+                    help="random seed: which nodes leave in the churn scenario")
     ap.add_argument("--out", type=Path, default=BENCH / "results")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
                     help="where the temporary files go (needs ~ size x (fetchers + 2))")
@@ -1035,13 +1925,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for s in args.scenarios:
-        if not re.fullmatch(r"1x[1-9][0-9]?", s):
-            ap.error(f"scenario {s!r}: want 1xN, N from 1 to 99")
+        if not is_1xn(s) and s not in ("seeder", "churn"):
+            ap.error(f"scenario {s!r}: want 1xN (N from 1 to 99), seeder or churn")
+    if len(set(args.scenarios)) != len(args.scenarios):
+        ap.error("--scenarios: each at most once")
+    if not 1 <= args.seeder_runs <= 100 or not 1 <= args.churn_runs <= 100:
+        ap.error("--seeder-runs and --churn-runs must be 1 to 100")
     if args.runs < 1 or args.runs > 100:
         ap.error("--runs must be 1 to 100")
     if not 0 <= args.latency_files <= 100:
         ap.error("--latency-files must be 0 to 100")
     return args
+
+
+def torrent_sizes(args: argparse.Namespace) -> set[int]:
+    """The file sizes some scenario transfers (each gets a source file and a torrent)."""
+    out: set[int] = set()
+    if any(is_1xn(s) for s in args.scenarios):
+        out |= set(args.sizes)
+    if "seeder" in args.scenarios:
+        out.add(args.seeder_size)
+    if "churn" in args.scenarios:
+        out.add(args.churn_size)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1073,7 +1979,10 @@ def main(argv: list[str] | None = None) -> int:
         "argv": argv,
         "config": {"sizes": args.sizes, "runs": args.runs, "scenarios": args.scenarios,
                    "lt_torrent": args.lt_torrent, "lt_set": args.lt_set,
-                   "chunk_size": MIB, "workdir": str(work)},
+                   "chunk_size": MIB, "workdir": str(work),
+                   "seeder_size": args.seeder_size, "seeder_runs": args.seeder_runs,
+                   "churn_size": args.churn_size, "churn_runs": args.churn_runs,
+                   "seed": args.seed},
         "versions": versions(),
         "complete": False,
     }
@@ -1087,12 +1996,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report["limits"] = limits_in_child(work, args.tcp_bytes, args.write_bytes)
         sources: dict[int, Source] = {}
-        wanted = sorted(set(args.sizes) | ({args.publish_size} if args.publish_size else set()))
+        with_torrent = torrent_sizes(args)
+        wanted = sorted(with_torrent | ({args.publish_size} if args.publish_size else set()))
         for size in wanted:
             t = time.perf_counter()
             src = generate(work / f"file-{fmt_size(size).replace(' ', '')}.bin", size)
             sources[size] = src
-            if size in args.sizes:
+            if size in with_torrent:
                 make_torrent(src, args.lt_torrent, work / "logs")
             log(f"generated {fmt_size(size)} in {time.perf_counter() - t:.1f} s "
                 f"(torrent: {src.torrent_seconds:.2f} s)")
@@ -1100,6 +2010,7 @@ def main(argv: list[str] | None = None) -> int:
                               "lt_create_torrent_seconds": round(s.torrent_seconds, 4)}
                              for s in sources.values()]
         run_matrix(args, sources, work, results)
+        run_named_scenarios(args, sources, work, report)
         if args.latency_files or args.publish_size:
             big = sources.get(args.publish_size) if args.publish_size else None
             report["latency"] = run_latency_and_publish(args, work, big)
@@ -1114,6 +2025,8 @@ def main(argv: list[str] | None = None) -> int:
         report["orchestrator_vmhwm"] = proc_status(os.getpid()).get("VmHWM")
         lt_settings = [r.extra.get("settings") for c in results
                        for r in c["runs"]["libtorrent"] if r.extra.get("settings")]
+        lt_settings.append(report.get("seeder", {}).get("setup", {}).get("lt_settings"))
+        lt_settings = [x for x in lt_settings if x]
         report["lt_settings_changed_from_default"] = lt_settings[0] if lt_settings else None
         report["targets"] = targets(report) if report.get("limits") else []
         stamp = started.strftime("%Y%m%dT%H%M%SZ")
