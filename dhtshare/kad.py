@@ -91,6 +91,13 @@ def id_in_range(own: bytes, shared: int) -> bytes:
     return (above | (~own_int & bit) | low).to_bytes(len(own), "big")
 
 
+def _bound(span: tuple[int, int], target: int) -> int:
+    """No id in ``[lo, hi]`` is closer to ``target`` than this (their shared prefix)."""
+    lo, hi = span
+    free = (lo ^ hi).bit_length()
+    return ((lo ^ target) >> free) << free
+
+
 class RoutingTable(_KadRoutingTable):  # type: ignore[misc]
     """kademlia's k-buckets with a correct nearest-neighbour query."""
 
@@ -122,11 +129,29 @@ class RoutingTable(_KadRoutingTable):  # type: ignore[misc]
         super().split_bucket(index)
 
     def find_neighbors(self, node: Node, k: int | None = None, exclude: Node | None = None) -> Any:
-        """The ``k`` contacts closest to ``node`` by XOR distance, whatever bucket they sit in."""
+        """The ``k`` contacts closest to ``node`` by XOR distance, whatever bucket they sit in.
+
+        A bucket holds ids between two bounds that share a prefix, so no id in
+        it is closer to the target than that prefix XOR the target's: buckets
+        are visited in order of that bound, and once ``k`` contacts beat the
+        next bucket's bound the rest are not looked at (a few buckets of a
+        table of hundreds of contacts).
+        """
         k = k or self.ksize
+        want = k + 2  # two spare places: the target itself and the asker are left out
         target = node.long_id
-        # Two spare places: the target itself and the asker are left out.
-        nearest = heapq.nsmallest(k + 2, self.contacts(), key=lambda n: n.long_id ^ target)
+        best: list[tuple[int, int, Node]] = []  # max-heap by distance, as negatives
+        for bound, _, bucket in sorted((_bound(b.range, target), i, b)
+                                       for i, b in enumerate(self.buckets)):
+            if len(best) >= want and bound > -best[0][0]:
+                break
+            for n in bucket.nodes.values():
+                d = n.long_id ^ target
+                if len(best) < want:
+                    heapq.heappush(best, (-d, id(n), n))
+                elif d < -best[0][0]:
+                    heapq.heapreplace(best, (-d, id(n), n))
+        nearest = [n for _, _, n in sorted(best, reverse=True)]
         return [
             n for n in nearest
             if n.id != node.id and (exclude is None or not n.same_home_as(exclude))

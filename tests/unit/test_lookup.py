@@ -272,3 +272,30 @@ def test_one_stall_does_not_inflate_the_estimate() -> None:
         rtt.sample(0.001)
     rtt.sample(2.0)  # one event-loop stall
     assert rtt.stale_after() == rtt.floor
+
+
+def test_routing_table_finds_the_true_closest_contacts() -> None:
+    """The bucket-pruned nearest-neighbour query equals a brute-force sort."""
+    from dhtshare.kad import Node, RoutingTable
+
+    class NoPings:
+        def check_alive(self, node: Node) -> None:
+            pass
+
+    rng = random.Random(13)
+    for n in (0, 5, 60, 400, 900):
+        me = Node(make_id(rng), "10.0.0.1", 1)
+        table = RoutingTable(NoPings(), K, me)
+        for i in range(n):
+            table.add_contact(Node(make_id(rng), "10.0.0.2", 1000 + i))
+        for i in range(40):  # ids close to our own: the buckets near us split
+            near = bytearray(me.id)
+            near[rng.randrange(20)] ^= 1 << rng.randrange(8)
+            table.add_contact(Node(bytes(near), "10.0.0.3", 3000 + i))
+        contacts = table.contacts()
+        for _ in range(20):
+            target = Node(rng.choice(contacts).id if contacts and rng.random() < 0.3
+                          else make_id(rng))
+            truth = sorted((c for c in contacts if c.id != target.id),
+                           key=lambda c: c.long_id ^ target.long_id)[:K]
+            assert [c.id for c in table.find_neighbors(target)] == [c.id for c in truth]
