@@ -47,6 +47,8 @@ MAX_QUERIES = 64
 REFRESH_CONCURRENCY = 3
 #: After the first peer of a join answers, how long the others may take.
 BOOTSTRAP_GRACE = 0.1
+#: Most nodes told that one contact of a lookup did not answer.
+MAX_HINTED = 12
 #: How long a leaving node waits for its contacts to acknowledge.
 LEAVE_WAIT = 0.3
 
@@ -285,7 +287,12 @@ class Dht:
     def _suspect_on_failure(
         self, lookup: Lookup, contact: Contact
     ) -> Callable[[asyncio.Future[Any]], None]:
-        """When a query times out, tell the nodes that named that contact to check it."""
+        """When a query times out, tell the nodes near it to check that contact.
+
+        Those are the nodes that named it and the others that answered this
+        lookup: they sit near the same key, so they are the ones that would
+        hand it to the next node looking there.
+        """
 
         def done(fut: asyncio.Future[Any]) -> None:
             if fut.cancelled() or fut.result()[0]:
@@ -293,7 +300,9 @@ class Dht:
             proto = self.protocol
             if not proto.open or proto.leaving:
                 return
-            for ref in lookup.referrers(contact.id):
+            near = dict.fromkeys([*lookup.referrers(contact.id),
+                                  *(c.id for c in lookup.answered_contacts())])
+            for ref in list(near)[:MAX_HINTED]:
                 node = proto.router.get_contact(ref)
                 if node is not None:
                     proto.counters["suspects_sent"] += 1

@@ -202,6 +202,10 @@ class Lookup:
         """Sequential answers needed to reach the closest nodes found (0 if none)."""
         return max((e.depth + 1 for e in self._answered()[: self.want]), default=0)
 
+    def answered_contacts(self) -> list[Contact]:
+        """Every node that answered, closest first."""
+        return [e.contact for e in self._answered()]
+
     def referrers(self, node_id: bytes) -> list[bytes]:
         """The nodes that named ``node_id`` to us in this lookup."""
         entry = self._entries.get(node_id)
