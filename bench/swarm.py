@@ -74,6 +74,7 @@ from transfer import (
     DhtNode,
     dhtshare_argv,
     log,
+    precompile_dhtshare,
     proc_status,
     publish,
     run_cli,
@@ -691,6 +692,7 @@ def open_fds() -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    precompile_dhtshare()  # as an installed package has it: see transfer.py
 
     started = datetime.now(UTC)
     t_start = time.monotonic()
