@@ -287,22 +287,30 @@ class Fetch:
             log.warning("provider lookup failed: %r", task.exception())
 
     def _on_records(self, records: list[ProviderRecord]) -> None:
-        fresh = []
+        named = []
         for r in records:
             if r.node_id == self.s.node_id or r.node_id in self.banned_ids:
                 continue
             if r.address in self.banned:
                 continue
+            named.append(r)
             old = self.known.get(r.address)
-            if old is None:
-                fresh.append(r)
             if old is None or (r.complete, r.ttl) > (old.complete, old.ttl):
                 self.known[r.address] = r
-        if not fresh:
+        if not named:
             return
         self._arrived.set()
         if self._picker is not None:
-            self._spawn(fresh)
+            # Every provider a lookup names gets a worker unless it has one: a
+            # worker that ended (a dropped link) is started again this way.
+            self._spawn(named)
+
+    def _order(self, records: list[ProviderRecord]) -> list[ProviderRecord]:
+        """Best first: complete copies, then the freshest records, and last the
+        providers the DHT saw time out or leave (slow is not gone: they are
+        still tried, after the others)."""
+        return sorted(records, key=lambda r: (self.s.provider_is_dead(r.address),
+                                              not r.complete, -r.ttl))
 
     # -- manifest -----------------------------------------------------------------------
     async def _get_manifest(self) -> Manifest:
@@ -347,18 +355,12 @@ class Fetch:
         try:
             while True:
                 self._arrived.clear()
-                untried = [r for a, r in self.known.items()
-                           if a not in tried and a not in self.banned]
-                skipped = [r for r in untried if self.s.provider_is_dead(r.address)]
-                for r in skipped:  # the DHT saw it go: don't spend a connect on it
-                    tried.add(r.address)
-                    self.unreachable.add(r.address)
-                    errors.append(f"{r.host}:{r.port} left the network")
-                untried = [r for r in untried if r not in skipped]
+                untried = self._order([r for a, r in self.known.items()
+                                       if a not in tried and a not in self.banned])
                 now = loop.time()
                 if untried and (not attempts or now >= hedge_at) \
                         and len(tried) < MAX_MANIFEST_ATTEMPTS:
-                    rec = min(untried, key=lambda r: (not r.complete, -r.ttl))
+                    rec = untried[0]
                     tried.add(rec.address)
                     attempts[loop.create_task(self._manifest_attempt(rec))] = rec
                     hedge_at = now + MANIFEST_HEDGE
@@ -530,16 +532,13 @@ class Fetch:
 
     def _spawn(self, records: list[ProviderRecord]) -> None:
         loop = asyncio.get_running_loop()
-        for rec in sorted(records, key=lambda r: (not r.complete, -r.ttl)):
+        for rec in self._order(records):
             alive = sum(1 for t in self.workers.values() if not t.done())
             if alive >= self.s.config.max_fetch_peers:
                 break
             addr = rec.address
             task = self.workers.get(addr)
             if addr in self.banned or (task is not None and not task.done()):
-                continue
-            if self.s.provider_is_dead(addr):
-                self.unreachable.add(addr)
                 continue
             self.wakeups[addr] = asyncio.Event()
             self.workers[addr] = loop.create_task(self._worker(addr, rec.node_id))
@@ -685,14 +684,18 @@ class Fetch:
 
     async def _store_chunk(self, idx: int, body: Buffer) -> bool:
         manifest = self.manifest
-        if len(body) != manifest.chunk_length(idx):
+        size = len(body)
+        if size != manifest.chunk_length(idx):
             return False
         try:
-            if len(body) <= INLINE_CHUNK:
+            if size <= INLINE_CHUNK:
                 ok = self.cf.write_verified(idx, body)
             else:
                 ok = await asyncio.to_thread(self.cf.write_verified, idx, body)
-            POOL.release(body)  # written (or rejected): the buffer is free again
+            # Written (or rejected): the buffer is free again.  It may be closed
+            # or handed to another reader at once, so it is not touched after this.
+            POOL.release(body)
+            del body
         except OSError as err:
             self.fatal = StorageError(
                 f"cannot write {self.entry.path}: {err.strerror or err}; "
@@ -710,7 +713,7 @@ class Fetch:
             conn_req = self.requests.pop((peer, idx), None)
             if conn_req is not None:
                 conn_req[0].forget(conn_req[1])
-        self.done_bytes += len(body)
+        self.done_bytes += size
         first = not self._verified_any
         self._verified_any = True
         self.s.chunk_verified(manifest, idx, first)

@@ -205,10 +205,12 @@ class ChunkServer:
         if entry.manifest.chunk_hash(index) != msg.chunk:
             conn.send(m.Error(req, m.ErrorCode.BAD_REQUEST, "chunk hash does not match"))
             return
+        size = len(body)
         try:
-            self.store.check_room(len(body))
+            self.store.check_room(size)
             ok = await asyncio.to_thread(entry.cf.write_verified, index, body)
-            POOL.release(body)
+            POOL.release(body)  # may be closed or reused at once: not touched after this
+            del body
         except StorageFull as err:
             conn.send(m.Error(req, m.ErrorCode.FULL, str(err)))
             return
@@ -218,7 +220,7 @@ class ChunkServer:
         if not ok:
             conn.abort("pushed a chunk that failed verification")
             return
-        self.bytes_stored += len(body)
+        self.bytes_stored += size
         self.announce_chunk(msg.manifest, index)
         conn.send(m.Ok(req))
 
