@@ -32,7 +32,6 @@ import math
 import os
 import platform
 import random
-import re
 import statistics
 import sys
 import time
@@ -42,6 +41,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from mdreport import replace_section
 
 from dhtshare.config import GIB, MIB
 from dhtshare.manifest import Manifest
@@ -618,7 +619,9 @@ async def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[st
             "lookups_after_later": res_k2,
             "announces_after": ann1,
             "announces_after_later": ann2,
-            "node_stats": final,
+            # Each node's contact ports were only needed to count dead entries.
+            "node_stats": [{k: v for k, v in st.items() if k != "contact_ports"}
+                           for st in final],
         }
         report["wall"] = time.monotonic() - t_start
         return report
@@ -747,17 +750,6 @@ def _num(v: float | None, fmt: str) -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
-def replace_section(path: Path, section: str) -> None:
-    """Put ``section`` (starting with ``## DHT``) in ``path``, replacing an older one."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(r"^## DHT\n.*?(?=^## (?!#)|\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=50)
@@ -782,6 +774,8 @@ def main() -> None:
                     "[default: 2 per node]")
     ap.add_argument("--settle", type=float, default=3.0,
                     help="seconds to let joins' background table refreshes finish")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="only rebuild <out>/dht-latest.md from a result file and print it")
     ap.add_argument("--rejoin-pass", action="store_true",
                     help="join every node a second time (how this bench filled tables "
                     "before nodes refreshed their own)")
@@ -794,6 +788,11 @@ def main() -> None:
         "--budget", type=float, default=300.0, help="hard limit on the whole run, seconds"
     )
     args = ap.parse_args()
+    if args.render is not None:
+        md = markdown(json.loads(args.render.read_text()))
+        replace_section(args.out / "dht-latest.md", md, "## DHT")
+        print(md)
+        return
     if args.load_keys is None:
         args.load_keys = 2 * args.nodes
     if args.nodes < 4 or args.lookups < 1 or args.hashes < 1:
@@ -819,7 +818,7 @@ def main() -> None:
     report["params"]["out"] = str(args.out)
     out_json.write_text(json.dumps(report, indent=1, default=str))
     md = markdown(report)
-    replace_section(args.out / "dht-latest.md", md)
+    replace_section(args.out / "dht-latest.md", md, "## DHT")
     print(md)
     log(f"wrote {out_json} and {args.out / 'dht-latest.md'}")
 

@@ -67,6 +67,7 @@ from typing import Any
 
 from dht import pct
 from limits import MIB, hash_file
+from mdreport import replace_section
 from transfer import (
     NODE_START_TIMEOUT,
     READY_RE,
@@ -579,17 +580,6 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def replace_section(path: Path, section: str, title: str = "## Swarm") -> None:
-    """Put ``section`` (starting with ``title``) in ``path``, replacing an older one."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## (?!#)|\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 # -- main ---------------------------------------------------------------------------------
 def bench(args: argparse.Namespace, work: Path, report: dict[str, Any]) -> None:
     """The run itself; fills ``report`` as it goes, so an abort still leaves the numbers."""
@@ -741,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         json_path.write_text(json.dumps(jsonable(report), indent=1) + "\n")
         md = markdown(report)
         if report["complete"]:
-            replace_section(args.out / "swarm-latest.md", md)
+            replace_section(args.out / "swarm-latest.md", md, "## Swarm")
         print(md)
         if args.keep:
             log(f"kept {work}")
