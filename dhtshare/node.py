@@ -144,6 +144,11 @@ class Node:
             self.join_error = err
             self.gave_up.set()
             return
+        except Exception as err:
+            # A bug: never pretend to be joined; the traceback goes to the log.
+            self.join_error = DhtshareError(f"joining the network failed: {err!r}")
+            self.gave_up.set()
+            raise
         finally:
             self.joined.set()
         log.info("joined the network: %d DHT contacts", len(self.dht.contacts()) if self.dht
