@@ -1194,6 +1194,29 @@ def stop_lt_seeder(seed: LtPeer | None) -> None:
     stop_all([seed.proc])
 
 
+def alternate(label: str, runs: int, results: dict[str, list[RunResult]],
+              attempt: Callable[[str, RunResult], RunResult],
+              note: Callable[[RunResult], str],
+              rundir: Callable[[str, int], Path], keep_failed: bool) -> None:
+    """``runs`` runs of each tool, alternating (d, l, d, l, ...), each recorded.
+
+    A run that raises is recorded as failed and the scenario goes on; a run's
+    directory is removed afterwards unless it failed and ``keep_failed``.
+    """
+    for run_no in range(runs):
+        for tool in ("dhtshare", "libtorrent"):
+            t = time.perf_counter()
+            r = RunResult(tool, run_no)
+            try:
+                r = attempt(tool, r)
+            except Exception as err:  # one failed run must not stop the scenario
+                run_failed(r, err)
+            results[tool].append(r)
+            log_run(label, r, runs, t, note(r) if tool == "dhtshare" and r.ok else "")
+            if r.ok or not keep_failed:
+                shutil.rmtree(rundir(tool, run_no), ignore_errors=True)
+
+
 def run_seeder_scenario(args: argparse.Namespace, big: Source, work: Path) -> dict[str, Any]:
     """Both tools' seeders stay up; ``--seeder-runs`` fresh fetchers each, alternating."""
     root = work / "seeder"
@@ -1216,31 +1239,24 @@ def run_seeder_scenario(args: argparse.Namespace, big: Source, work: Path) -> di
         except Exception as err:
             ctx.lt_error = f"setup: {type(err).__name__}: {err}"[-2000:]
             log(f"seeder: libtorrent setup FAILED: {ctx.lt_error.splitlines()[0]}")
-        for run_no in range(args.seeder_runs):
-            for tool in ("dhtshare", "libtorrent"):
-                t = time.perf_counter()
-                r = RunResult(tool, run_no)
-                try:
-                    if tool == "dhtshare":
-                        if ctx.d_error:
-                            raise RuntimeError(ctx.d_error)
-                        seeder_run_dhtshare(ctx, r)
-                    else:
-                        if ctx.lt_error:
-                            raise RuntimeError(ctx.lt_error)
-                        seeder_run_libtorrent(ctx, r, args.lt_set)
-                except Exception as err:  # one failed run must not stop the scenario
-                    run_failed(r, err)
-                out["runs"][tool].append(r)
-                more = ""
-                if tool == "dhtshare" and r.ok:
-                    more = (f"; 8 MiB {fmt_s(r.extra['fetch_small']['wall'])} s; status after "
-                            f"{fmt_s(r.extra.get('status_after_start'))} s; left in "
-                            f"{fmt_s(r.extra['leave'].get('seconds'))} s")
-                log_run(f"seeder {fmt_size(big.size)}", r, args.seeder_runs, t, more)
-                rundir = root / "runs" / f"{tool}-{run_no}"
-                if r.ok or not args.keep_failed:
-                    shutil.rmtree(rundir, ignore_errors=True)
+        def attempt(tool: str, r: RunResult) -> RunResult:
+            if tool == "dhtshare":
+                if ctx.d_error:
+                    raise RuntimeError(ctx.d_error)
+                seeder_run_dhtshare(ctx, r)
+            else:
+                if ctx.lt_error:
+                    raise RuntimeError(ctx.lt_error)
+                seeder_run_libtorrent(ctx, r, args.lt_set)
+            return r
+
+        def note(r: RunResult) -> str:
+            return (f"; 8 MiB {fmt_s(r.extra['fetch_small']['wall'])} s; status after "
+                    f"{fmt_s(r.extra.get('status_after_start'))} s; left in "
+                    f"{fmt_s(r.extra['leave'].get('seconds'))} s")
+
+        alternate(f"seeder {fmt_size(big.size)}", args.seeder_runs, out["runs"], attempt, note,
+                  lambda tool, run_no: root / "runs" / f"{tool}-{run_no}", args.keep_failed)
     out["summary"] = summarize_seeder(out)
     return out
 
@@ -1390,28 +1406,24 @@ def run_churn_scenario(args: argparse.Namespace, big: Source, work: Path) -> dic
                            "nodes": 2 + CHURN_PLAIN, "leave": CHURN_LEAVE,
                            "join": CHURN_JOIN, "seed": args.seed,
                            "runs": {"dhtshare": [], "libtorrent": []}}
-    for run_no in range(args.churn_runs):
-        for tool in ("dhtshare", "libtorrent"):
-            rundir = work / "churn" / f"{tool}-{run_no}"
-            rundir.mkdir(parents=True, exist_ok=True)
-            t = time.perf_counter()
-            r = RunResult(tool, run_no)
-            try:
-                if tool == "dhtshare":
-                    churn_run_dhtshare(args, big, small, r, rundir)
-                else:
-                    r = run_libtorrent(big, 1, rundir, run_no, args.lt_set,
-                                       dead_peers=CHURN_LEAVE)
-            except Exception as err:  # one failed run must not stop the scenario
-                run_failed(r, err)
-            out["runs"][tool].append(r)
-            more = ""
-            if tool == "dhtshare" and r.ok:
-                more = (f"; 1 MiB {fmt_s(r.extra['fetch_small']['wall'])} s; 6 joined in "
-                        f"{r.extra.get('join_seconds')} s")
-            log_run(f"churn {fmt_size(big.size)}", r, args.churn_runs, t, more)
-            if r.ok or not args.keep_failed:
-                shutil.rmtree(rundir, ignore_errors=True)
+    def rundir(tool: str, run_no: int) -> Path:
+        d = work / "churn" / f"{tool}-{run_no}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def attempt(tool: str, r: RunResult) -> RunResult:
+        if tool == "dhtshare":
+            churn_run_dhtshare(args, big, small, r, rundir(tool, r.run))
+            return r
+        return run_libtorrent(big, 1, rundir(tool, r.run), r.run, args.lt_set,
+                              dead_peers=CHURN_LEAVE)
+
+    def note(r: RunResult) -> str:
+        return (f"; 1 MiB {fmt_s(r.extra['fetch_small']['wall'])} s; 6 joined in "
+                f"{r.extra.get('join_seconds')} s")
+
+    alternate(f"churn {fmt_size(big.size)}", args.churn_runs, out["runs"], attempt, note,
+              rundir, args.keep_failed)
     out["summary"] = summarize_churn(out)
     return out
 
