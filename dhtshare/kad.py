@@ -338,15 +338,20 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         self.forget(contact)
         return True
 
-    def check_alive(self, node: Node) -> None:
-        """Ping ``node`` (at most once per :data:`SUSPECT_INTERVAL`) unless heard from lately."""
+    def check_alive(self, node: Node, quiet: float = HEAD_QUIET,
+                    why: str = "liveness_pings") -> None:
+        """Ping ``node`` unless heard from within ``quiet`` seconds.
+
+        At most once per :data:`SUSPECT_INTERVAL` per contact, whoever asks; a
+        timeout evicts it (:meth:`handle_call_response`).
+        """
         now = time.monotonic()
-        if now - self.seen.get(node.id, 0.0) < HEAD_QUIET:
+        if now - self.seen.get(node.id, -quiet) < quiet:
             return
         if now - self._checked.get(node.id, -SUSPECT_INTERVAL) < SUSPECT_INTERVAL:
             return
         self._checked[node.id] = now
-        self.counters["liveness_pings"] += 1
+        self.counters[why] += 1
         self.spawn(self.call_ping(node))
 
     def handle_call_response(self, result: Any, node: Node) -> Any:
@@ -434,17 +439,8 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         for node_id in ids[:MAX_SUSPECTS]:
             contact = self.router.get_contact(node_id) if is_id(node_id) else None
             if contact is not None:
-                self.check_alive_now(contact)
+                self.check_alive(contact, quiet=0.0, why="suspect_pings")
         return True
-
-    def check_alive_now(self, node: Node) -> None:
-        """Ping ``node`` even if heard from lately (at most once per :data:`SUSPECT_INTERVAL`)."""
-        now = time.monotonic()
-        if now - self._checked.get(node.id, -SUSPECT_INTERVAL) < SUSPECT_INTERVAL:
-            return
-        self._checked[node.id] = now
-        self.counters["suspect_pings"] += 1
-        self.spawn(self.call_ping(node))
 
     # -- provider RPCs ------------------------------------------------------------------
     def rpc_get_providers(self, sender: Address, nodeid: Any, key: Any) -> Any:
