@@ -1,4 +1,4 @@
-"""DHT benchmark: a multi-process loopback network of ``dhtshare.dht.Dht`` nodes.
+"""DHT benchmark: a multi-process loopback network of ``dhtshare.net.dht.client.Dht`` nodes.
 
     python bench/dht.py [--nodes 50] [--procs 5] [--lookups 1000] [--out bench/results]
 
@@ -45,7 +45,7 @@ from typing import Any
 from mdreport import replace_section
 
 from dhtshare.config import GIB, MIB
-from dhtshare.manifest import Manifest
+from dhtshare.core.manifest import Manifest
 
 WORKER = Path(__file__).with_name("dht_worker.py")
 LINE_LIMIT = 1 << 24
@@ -641,7 +641,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"`python bench/dht.py --nodes {p['nodes']} --procs {p['procs']} "
         f"--lookups {p['lookups']}` at {r['when']} on {r['host']}: {p['nodes']} "
-        f"`dhtshare.dht.Dht` nodes (RPC timeout 1.5 s, dead-peer cache 300 s) in "
+        f"`dhtshare.net.dht.client.Dht` nodes (RPC timeout 1.5 s, dead-peer cache 300 s) in "
         f"{p['procs']} processes on 127.0.0.1, joined one by one through node 0 "
         f"({r['join']['wall']:.1f} s"
         f"{', then a second join each' if p.get('rejoin_pass') else ''}); routing tables hold "

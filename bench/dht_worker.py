@@ -1,4 +1,4 @@
-"""One process of the DHT benchmark: hosts some ``dhtshare.dht.Dht`` nodes.
+"""One process of the DHT benchmark: hosts some ``dhtshare.net.dht.client.Dht`` nodes.
 
 Started by ``bench/dht.py``, never by hand.  It binds ``--count`` nodes to
 127.0.0.1 (OS-chosen ports), prints one ``{"ready": [...]}`` line, then obeys
@@ -29,9 +29,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dhtshare.dht import PROVIDERS_NS, Dht
-from dhtshare.ids import dht_key
-from dhtshare.providers import Announcement
+from dhtshare.core.ids import dht_key
+from dhtshare.core.providers import Announcement
+from dhtshare.net.dht.client import PROVIDERS_NS, Dht
 
 
 class Op:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dhtshare.netaddr import free_port
+from limits import free_port
 
 MIB = 1 << 20
 

@@ -47,6 +47,21 @@ def _mbps(nbytes: int, seconds: float) -> float:
     return round(nbytes / max(seconds, 1e-9) / 1e6, 1)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on ``host`` (a node uses one port for both)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no port is free for both TCP and UDP on {host}")
+
+
 # -- loopback TCP -------------------------------------------------------------------------
 def _tcp_send(port: int, total: int, bufsize: int) -> None:
     """Child side: connect to 127.0.0.1:port and send ``total`` bytes."""

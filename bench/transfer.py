@@ -772,7 +772,7 @@ def run_latency_and_publish(args: argparse.Namespace, work: Path,
     # what any CLI call pays before dhtshare does anything
     floor = {}
     for label, code in (("python -c pass", "pass"),
-                        ("python -c 'import dhtshare.cli'", "import dhtshare.cli")):
+                        ("python -c 'import dhtshare.cli.app'", "import dhtshare.cli.app")):
         times = [run_cli([PY, "-c", code], 30, logdir, "floor").wall for _ in range(5)]
         floor[label] = round(statistics.median(times), 4)
     out["cli_floor_seconds"] = floor

@@ -1,5 +1,5 @@
 """``python -m dhtshare`` runs the command-line interface."""
 
-from dhtshare.entry import main
+from dhtshare.cli.entry import main
 
 main()

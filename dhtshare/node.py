@@ -24,9 +24,12 @@ from typing import Any
 import msgpack
 
 from dhtshare.config import DEFAULT_REPLICAS, Config
-from dhtshare.control import ControlServer, Emit
-from dhtshare.ctlclient import socket_path
-from dhtshare.dht import Dht, require_contacts
+from dhtshare.core.ids import NODE_ID_LEN, ManifestHash, new_node_id, parse_manifest_hash, short
+from dhtshare.core.manifest import Manifest, check_chunk_size
+from dhtshare.core.messages import Hello, bitfield_from_indices
+from dhtshare.core.providers import MAX_DHT_BITFIELD, Announcement, ProviderRecord
+from dhtshare.disk.hashing import hash_file
+from dhtshare.disk.store import ContentStore
 from dhtshare.errors import (
     ConfigError,
     DhtshareError,
@@ -35,16 +38,14 @@ from dhtshare.errors import (
     ReplicationShort,
     StorageError,
 )
-from dhtshare.fetcher import Fetch, FetchResult
-from dhtshare.ids import NODE_ID_LEN, ManifestHash, new_node_id, parse_manifest_hash, short
-from dhtshare.manifest import Manifest, check_chunk_size, hash_file
-from dhtshare.messages import Hello, bitfield_from_indices
-from dhtshare.peers import PeerPool
-from dhtshare.providers import MAX_DHT_BITFIELD, Announcement, ProviderRecord
-from dhtshare.replication import Replicator, holders_per_chunk
-from dhtshare.server import ChunkServer
-from dhtshare.store import ContentStore
-from dhtshare.transport import Connection, make_hello
+from dhtshare.net.control import ControlServer, Emit
+from dhtshare.net.ctlclient import socket_path
+from dhtshare.net.dht.client import Dht, require_contacts
+from dhtshare.net.peers import PeerPool
+from dhtshare.net.server import ChunkServer
+from dhtshare.net.transport import Connection, make_hello
+from dhtshare.transfer.fetch import Fetch, FetchResult
+from dhtshare.transfer.replication import Replicator, holders_per_chunk
 
 log = logging.getLogger(__name__)
 

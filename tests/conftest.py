@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,14 +23,29 @@ from typing import Any
 
 import pytest
 
-from dhtshare.ids import sha256_file
-from dhtshare.netaddr import free_port
+from dhtshare.disk.hashing import sha256_file
 
 __all__ = ["free_port", "sha256_file"]  # re-exported for the test modules
 
 LOOPBACK = "127.0.0.1"
 NODE_START_TIMEOUT = 20.0
 CLI_TIMEOUT = 120.0
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port free for both TCP and UDP on ``host`` (nodes use one port for both)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no port is free for both TCP and UDP on {host}")
+
 
 
 def make_file(path: Path, size: int, seed: int = 0) -> Path:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from dhtshare.buffers import POOL
 from dhtshare.config import Config
-from dhtshare.ids import sha256_file
+from dhtshare.disk.buffers import POOL
+from dhtshare.disk.hashing import sha256_file
 from dhtshare.node import Node
 from tests.conftest import LOOPBACK
 

@@ -1,6 +1,6 @@
-"""The DHT adapter (dhtshare.dht) in process: real UDP sockets on 127.0.0.1.
+"""The DHT adapter (dhtshare.net.dht.client) in process: real UDP sockets on 127.0.0.1.
 
-Every test builds its own small network of :class:`~dhtshare.dht.Dht` nodes
+Every test builds its own small network of :class:`~dhtshare.net.dht.client.Dht` nodes
 and stops all of them at the end, whatever happens.
 """
 
@@ -22,9 +22,9 @@ import msgpack
 import pytest
 from kademlia.node import Node
 
-from dhtshare.dht import PROVIDERS_NS, Dht
-from dhtshare.ids import NODE_ID_LEN, dht_key
-from dhtshare.providers import Announcement, ProviderRecord
+from dhtshare.core.ids import NODE_ID_LEN, dht_key
+from dhtshare.core.providers import Announcement, ProviderRecord
+from dhtshare.net.dht.client import PROVIDERS_NS, Dht
 from tests.conftest import LOOPBACK, free_port
 
 pytestmark = pytest.mark.timeout(60)

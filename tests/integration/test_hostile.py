@@ -22,13 +22,13 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from dhtshare import messages as m
 from dhtshare.config import PROTOCOL_VERSION
-from dhtshare.dht import Dht
-from dhtshare.framing import PREFIX, FrameDecoder, encode_frame
-from dhtshare.ids import NODE_ID_LEN
-from dhtshare.manifest import Manifest
-from dhtshare.transport import MAX_INCOMING_REQUESTS, make_hello
+from dhtshare.core import messages as m
+from dhtshare.core.framing import PREFIX, FrameDecoder, encode_frame
+from dhtshare.core.ids import NODE_ID_LEN
+from dhtshare.core.manifest import Manifest
+from dhtshare.net.dht.client import Dht
+from dhtshare.net.transport import MAX_INCOMING_REQUESTS, make_hello
 from tests.conftest import (
     LOOPBACK,
     Cluster,

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from dhtshare.transport import Connection, connect, make_hello
+from dhtshare.net.transport import Connection, connect, make_hello
 from tests.conftest import LOOPBACK
 
 pytestmark = pytest.mark.timeout(30)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dhtshare.entry import _FETCH, _STATUS, _parse, quick
+from dhtshare.cli.entry import _FETCH, _STATUS, _parse, quick
 
 H = "ab" * 32
 

@@ -1,4 +1,4 @@
-"""Unit and property tests for the sans-IO frame codec (dhtshare.framing)."""
+"""Unit and property tests for the sans-IO frame codec (dhtshare.core.framing)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dhtshare.config import KIB, MAX_BODY_SIZE, MAX_HEADER_SIZE, MIB
-from dhtshare.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
-from dhtshare.framing import (
+from dhtshare.core.framing import (
     PREFIX,
     PREFIX_LEN,
     Frame,
@@ -21,6 +20,7 @@ from dhtshare.framing import (
     encode_frame,
     encode_prefix,
 )
+from dhtshare.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 
 FUZZ = settings(max_examples=150, deadline=None, database=None)
 

@@ -1,8 +1,8 @@
-"""The lookup state machine (dhtshare.lookup) on simulated networks, no sockets.
+"""The lookup state machine (dhtshare.core.lookup) on simulated networks, no sockets.
 
 A simulated node answers a query with the contacts of its routing table
 closest to the target, like ``find_node``; a dead node never answers.  The
-tests drive :class:`~dhtshare.lookup.Lookup` the way the DHT adapter does and
+tests drive :class:`~dhtshare.core.lookup.Lookup` the way the DHT adapter does and
 check when it ends and what it returns.
 """
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhtshare.lookup import Contact, Lookup, RttEstimator, distance
+from dhtshare.core.lookup import Contact, Lookup, RttEstimator, distance
 
 K = 20
 WANT = 8
@@ -276,7 +276,7 @@ def test_one_stall_does_not_inflate_the_estimate() -> None:
 
 def test_routing_table_finds_the_true_closest_contacts() -> None:
     """The bucket-pruned nearest-neighbour query equals a brute-force sort."""
-    from dhtshare.kad import Node, RoutingTable
+    from dhtshare.net.dht.kad import Node, RoutingTable
 
     class NoPings:
         def check_alive(self, node: Node) -> None:

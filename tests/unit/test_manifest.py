@@ -1,4 +1,4 @@
-"""Unit and property tests for manifests (dhtshare.manifest)."""
+"""Unit and property tests for manifests (dhtshare.core.manifest)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dhtshare.config import MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE, MIB, MIN_CHUNK_SIZE
-from dhtshare.errors import ConfigError, IntegrityError, ManifestError, StorageError
-from dhtshare.ids import HASH_LEN
-from dhtshare.manifest import (
+from dhtshare.core.ids import HASH_LEN
+from dhtshare.core.manifest import (
     FORMAT_VERSION,
     MAX_MANIFEST_BYTES,
     Manifest,
     check_chunk_size,
     check_name,
     chunk_count,
-    hash_file,
 )
+from dhtshare.disk.hashing import hash_file
+from dhtshare.errors import ConfigError, IntegrityError, ManifestError, StorageError
 
 FUZZ = settings(max_examples=150, deadline=None, database=None)
 

@@ -1,4 +1,4 @@
-"""Unit and property tests for the wire messages (dhtshare.messages)."""
+"""Unit and property tests for the wire messages (dhtshare.core.messages)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dhtshare.config import MAX_CHUNKS
-from dhtshare.errors import RemoteProtocolError
-from dhtshare.framing import FrameDecoder, encode_frame
-from dhtshare.ids import HASH_LEN, NODE_ID_LEN
-from dhtshare.messages import (
+from dhtshare.core.framing import FrameDecoder, encode_frame
+from dhtshare.core.ids import HASH_LEN, NODE_ID_LEN
+from dhtshare.core.messages import (
     MAX_HAVE_BATCH,
     MAX_REPLICAS,
     MAX_REQ_ID,
@@ -43,6 +42,7 @@ from dhtshare.messages import (
     indices_from_bitfield,
     payload,
 )
+from dhtshare.errors import RemoteProtocolError
 
 FUZZ = settings(max_examples=200, deadline=None, database=None)
 

@@ -1,4 +1,4 @@
-"""Unit, property and state-machine tests for the sans-IO piece picker (dhtshare.picker)."""
+"""Unit, property and state-machine tests for the sans-IO piece picker (dhtshare.core.picker)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from dhtshare.picker import Picker
+from dhtshare.core.picker import Picker
 
 FUZZ = settings(max_examples=100, deadline=None, database=None)
 

@@ -1,4 +1,4 @@
-"""Unit and property tests for provider records (dhtshare.providers), sans IO."""
+"""Unit and property tests for provider records (dhtshare.core.providers), sans IO."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhtshare import providers
-from dhtshare.ids import NODE_ID_LEN
-from dhtshare.providers import (
+from dhtshare.core import providers
+from dhtshare.core.ids import NODE_ID_LEN
+from dhtshare.core.providers import (
     MAX_DHT_BITFIELD,
     MAX_TTL,
     TOKEN_LEN,
@@ -51,7 +51,7 @@ def by_id(records: list[ProviderRecord]) -> dict[bytes, ProviderRecord]:
 
 
 class FakeClock:
-    """Stands in for the ``time`` module inside dhtshare.providers."""
+    """Stands in for the ``time`` module inside dhtshare.core.providers."""
 
     def __init__(self, now: float = 1000.0) -> None:
         self.now = now

@@ -5,7 +5,7 @@
 2. Open one worker per provider (up to a limit).  Each asks its peer which
    chunks it has, subscribes to its HAVE updates, and keeps a window of chunk
    requests in flight on the peer's single long-lived connection.  The
-   :class:`~dhtshare.picker.Picker` decides what to ask: rarest first, random
+   :class:`~dhtshare.core.picker.Picker` decides what to ask: rarest first, random
    among equals, duplicates only in the endgame.
 3. Every chunk is hashed before it is written (``pwrite`` into a temporary
    file next to the target, in a worker thread so the loop keeps receiving);
@@ -30,10 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from dhtshare import messages as m
-from dhtshare.buffers import POOL
-from dhtshare.chunkfile import ChunkFile
 from dhtshare.config import KIB, Config
+from dhtshare.core import messages as m
+from dhtshare.core.framing import Buffer
+from dhtshare.core.ids import ManifestHash, short
+from dhtshare.core.manifest import Manifest
+from dhtshare.core.picker import Picker
+from dhtshare.core.providers import ProviderRecord
+from dhtshare.disk.buffers import POOL
+from dhtshare.disk.chunkfile import ChunkFile
+from dhtshare.disk.store import ContentStore, Entry
 from dhtshare.errors import (
     ConfigError,
     DhtshareError,
@@ -47,14 +53,8 @@ from dhtshare.errors import (
     RemoteProtocolError,
     StorageError,
 )
-from dhtshare.framing import Buffer
-from dhtshare.ids import ManifestHash, short
-from dhtshare.manifest import Manifest
-from dhtshare.peers import PeerPool
-from dhtshare.picker import Picker
-from dhtshare.providers import ProviderRecord
-from dhtshare.store import ContentStore, Entry
-from dhtshare.transport import Connection, NotFoundReply
+from dhtshare.net.peers import PeerPool
+from dhtshare.net.transport import Connection, NotFoundReply
 
 log = logging.getLogger(__name__)
 

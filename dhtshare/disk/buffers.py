@@ -5,7 +5,7 @@ whenever the allocator hands the memory back to the kernel, 256 page faults,
 which on a virtual machine are the slowest part of the whole receive path.
 Chunks of one download all have the same size, so their buffers are recycled
 here instead.  The buffers are anonymous ``mmap`` regions: page-aligned, which
-is what ``O_DIRECT`` writes need (see :mod:`dhtshare.chunkfile`).
+is what ``O_DIRECT`` writes need (see :mod:`dhtshare.disk.chunkfile`).
 
 A buffer goes back to the pool only through :meth:`BufferPool.release`, by the
 one owner that is done with it; anything not released is simply freed.

@@ -10,7 +10,7 @@ It only takes argument lines it fully understands: the exact options those
 commands document, each at most once, and a well-formed hash.  Anything
 else (``--help``, ``--peer``, ``-v``, an unknown or repeated option, a
 malformed hash, no node running on the data dir) goes to the full command
-line in :mod:`dhtshare.cli`, which gives the same results, messages and
+line in :mod:`dhtshare.cli.app`, which gives the same results, messages and
 exit codes; so the quick path can never answer differently, only sooner.
 """
 
@@ -77,9 +77,9 @@ def _data_dir(value: str | bool | None) -> Path:
 
 
 def _fetch(argv: list[str]) -> int | None:
-    from dhtshare import ctlclient
-    from dhtshare.ids import parse_manifest_hash
-    from dhtshare.render import Progress, show_fetch
+    from dhtshare.cli.render import Progress, show_fetch
+    from dhtshare.core.ids import parse_manifest_hash
+    from dhtshare.net import ctlclient
 
     parsed = _parse(argv, _FETCH)
     if parsed is None:
@@ -100,8 +100,8 @@ def _fetch(argv: list[str]) -> int | None:
 
 
 def _status(argv: list[str]) -> int | None:
-    from dhtshare import ctlclient
-    from dhtshare.render import STATUS_TIMEOUT, show_status
+    from dhtshare.cli.render import STATUS_TIMEOUT, show_status
+    from dhtshare.net import ctlclient
 
     parsed = _parse(argv, _STATUS)
     if parsed is None:
@@ -120,7 +120,7 @@ def quick(argv: list[str]) -> int | None:
     """Run ``argv`` through a running node if it is a quick command; else ``None``."""
     if not argv or argv[0] not in _QUICK:
         return None
-    from dhtshare.render import error_line
+    from dhtshare.cli.render import error_line
 
     try:
         return _QUICK[argv[0]](argv[1:])
@@ -144,7 +144,7 @@ def main() -> None:
     except BrokenPipeError:
         code = 0
     if code is None:
-        from dhtshare.cli import main as full
+        from dhtshare.cli.app import main as full
 
         full()
         return

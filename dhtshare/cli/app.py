@@ -20,9 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from dhtshare.config import DEFAULT_REPLICAS
-from dhtshare.errors import ConfigError, DhtshareError, NodeNotRunning
-from dhtshare.render import (
+from dhtshare.cli.render import (
     STATUS_TIMEOUT,
     Progress,
     error_line,
@@ -30,6 +28,8 @@ from dhtshare.render import (
     show_publish,
     show_status,
 )
+from dhtshare.config import DEFAULT_REPLICAS
+from dhtshare.errors import ConfigError, DhtshareError, NodeNotRunning
 
 if TYPE_CHECKING:
     import asyncio
@@ -127,7 +127,7 @@ def _data_dir(value: Path | None) -> Path:
 
 
 def _peers(values: list[str] | None) -> tuple[tuple[str, int], ...]:
-    from dhtshare.netaddr import parse_peers
+    from dhtshare.core.netaddr import parse_peers
 
     return parse_peers(values, os.environ.get("DHTSHARE_PEERS"))
 
@@ -195,7 +195,7 @@ def _ready_line(node: Node) -> None:
 def _via_control(data_dir: Path, op: str, args: dict[str, Any], progress: Progress,
                  idle_timeout: float | None = None) -> dict[str, Any] | None:
     """Run ``op`` on the node of ``data_dir``; ``None`` when no node runs there."""
-    from dhtshare import ctlclient
+    from dhtshare.net import ctlclient
 
     try:
         return ctlclient.call(data_dir, op, args, progress.update,
@@ -207,7 +207,7 @@ def _via_control(data_dir: Path, op: str, args: dict[str, Any], progress: Progre
 
 
 def _short_lived_host(peers: tuple[tuple[str, int], ...]) -> str:
-    from dhtshare.providers import is_loopback
+    from dhtshare.core.providers import is_loopback
 
     return "127.0.0.1" if all(is_loopback(h) for h, _ in peers) else "0.0.0.0"
 
@@ -245,7 +245,7 @@ def _serve(data_dir: Path | None, host: str, port: int, peers: tuple[tuple[str, 
            advertise: str | None, verbose: int, max_storage: str) -> None:
     from dataclasses import replace
 
-    from dhtshare.netaddr import parse_size
+    from dhtshare.core.netaddr import parse_size
 
     _setup_logging(verbose, logging.INFO)
     try:
@@ -335,8 +335,8 @@ def publish(
     The file is served from where it is, not copied.
     """
     _setup_logging(verbose)
-    from dhtshare.manifest import check_chunk_size
-    from dhtshare.netaddr import parse_size
+    from dhtshare.core.manifest import check_chunk_size
+    from dhtshare.core.netaddr import parse_size
 
     try:
         size = check_chunk_size(parse_size(chunk_size))
@@ -416,7 +416,7 @@ def fetch(
     """
     _setup_logging(verbose)
     try:
-        from dhtshare.ids import parse_manifest_hash
+        from dhtshare.core.ids import parse_manifest_hash
 
         h = parse_manifest_hash(hash_)
         peers = _peers(peer)
@@ -469,7 +469,7 @@ def _node_op(data_dir: Path | None, op: str, args: dict[str, Any], label: str,
 
 
 def _checked_hash(text: str) -> str:
-    from dhtshare.ids import parse_manifest_hash
+    from dhtshare.core.ids import parse_manifest_hash
 
     try:
         return parse_manifest_hash(text).hex()
@@ -549,8 +549,8 @@ def demo(
 ) -> None:
     """Run a real local network (5 processes on 127.0.0.1), publish, fetch, verify."""
     _setup_logging(0)
-    from dhtshare.demo import run_demo
-    from dhtshare.netaddr import parse_size
+    from dhtshare.cli.demo import run_demo
+    from dhtshare.core.netaddr import parse_size
 
     try:
         run_demo(parse_size(size), nodes, keep, lambda line: print(line, flush=True))

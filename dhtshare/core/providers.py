@@ -25,7 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from dhtshare.ids import NODE_ID_LEN
+from dhtshare.core.ids import NODE_ID_LEN
 
 #: Bitfields above this many bytes are not put in the DHT (a record must stay
 #: well under the ~1.2 KB that is safe in one UDP datagram); such providers

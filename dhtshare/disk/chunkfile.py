@@ -22,9 +22,9 @@ import mmap
 import os
 from pathlib import Path
 
+from dhtshare.core.framing import Buffer
+from dhtshare.core.manifest import Manifest
 from dhtshare.errors import StorageError
-from dhtshare.framing import Buffer
-from dhtshare.manifest import Manifest
 
 MAGIC = b"DHTSHAVE1\n"
 #: Alignment O_DIRECT needs for buffers, offsets and lengths.

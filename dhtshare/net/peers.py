@@ -6,8 +6,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from dhtshare import messages as m
-from dhtshare.transport import Connection, Handler, connect
+from dhtshare.core import messages as m
+from dhtshare.net.transport import Connection, Handler, connect
 
 log = logging.getLogger(__name__)
 

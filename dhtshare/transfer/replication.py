@@ -28,15 +28,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dhtshare import messages as m
 from dhtshare.config import Config
+from dhtshare.core import messages as m
+from dhtshare.core.ids import dht_key, short
+from dhtshare.core.manifest import Manifest
+from dhtshare.core.providers import ProviderRecord
+from dhtshare.disk.store import ContentStore, Entry
 from dhtshare.errors import DhtshareError, PeerError, RemoteProtocolError
-from dhtshare.ids import dht_key, short
-from dhtshare.manifest import Manifest
-from dhtshare.peers import PeerPool
-from dhtshare.providers import ProviderRecord
-from dhtshare.store import ContentStore, Entry
-from dhtshare.transport import Connection, Reply
+from dhtshare.net.peers import PeerPool
+from dhtshare.net.transport import Connection, Reply
 
 log = logging.getLogger(__name__)
 

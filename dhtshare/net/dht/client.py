@@ -1,13 +1,13 @@
 """The DHT: joining, lookups, provider records, leaving.
 
 :class:`Dht` is what the rest of dhtshare sees of the DHT.  It runs lookups
-with :class:`~dhtshare.lookup.Lookup` (a sans-IO state machine: a lookup
+with :class:`~dhtshare.core.lookup.Lookup` (a sans-IO state machine: a lookup
 ends when the closest answers are in, never waiting out a dead node), unions
 the provider sets of the closest nodes rather than returning the first
 answer, fills the routing table at every distance after joining, tells the
 nodes that named a contact when it turns out dead, and says goodbye to its
 contacts when it leaves.  The kademlia package itself stays behind
-:mod:`dhtshare.kad`.
+:mod:`dhtshare.net.dht.kad`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from dhtshare.core.ids import NODE_ID_LEN, dht_key, short
+from dhtshare.core.lookup import Contact, Lookup
+from dhtshare.core.providers import SELF_HOST, Announcement, ProviderRecord, ProviderStore
 from dhtshare.errors import ConfigError, PeerUnreachable
-from dhtshare.ids import NODE_ID_LEN, dht_key, short
-from dhtshare.kad import (
+from dhtshare.net.dht.kad import (
     ALPHA,
     KSIZE,
     DhtProtocol,
@@ -33,8 +35,6 @@ from dhtshare.kad import (
     is_id,
     shared_bits,
 )
-from dhtshare.lookup import Contact, Lookup
-from dhtshare.providers import SELF_HOST, Announcement, ProviderRecord, ProviderStore
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class Dht:
     async def _lookup(
         self, key: bytes, rpc: str, on_records: OnRecords | None = None
     ) -> LookupResult:
-        """Iterative lookup of ``key`` (see :mod:`dhtshare.lookup` for when it ends).
+        """Iterative lookup of ``key`` (see :mod:`dhtshare.core.lookup` for when it ends).
 
         Returns the closest answering nodes (with the write token each gave,
         when ``rpc`` is ``get_providers``) and the union of every provider

@@ -1,8 +1,8 @@
 """The local control socket: how ``dhtshare publish``/``fetch`` talk to a running node.
 
 A Unix socket in the data dir (permissions 0600), speaking the same framed
-messages as peers (:class:`~dhtshare.messages.Control` requests answered by
-:class:`~dhtshare.messages.ControlEvent` progress, result or error events),
+messages as peers (:class:`~dhtshare.core.messages.Control` requests answered by
+:class:`~dhtshare.core.messages.ControlEvent` progress, result or error events),
 so one codec owns every byte dhtshare puts on a wire.
 """
 
@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from dhtshare import messages as m
+from dhtshare.core import messages as m
+from dhtshare.core.framing import FrameDecoder, encode_frame
 from dhtshare.errors import DhtshareError, RemoteProtocolError
-from dhtshare.framing import FrameDecoder, encode_frame
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ validates types and sizes of every field, so the rest of the code only ever
 sees well-formed messages; anything else raises :class:`RemoteProtocolError`.
 
 Payload bytes (chunks, manifests) never go through msgpack: they are the
-frame's raw body, carried next to the header (see :mod:`dhtshare.framing`).
+frame's raw body, carried next to the header (see :mod:`dhtshare.core.framing`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any, ClassVar, TypeAlias
 import msgpack
 
 from dhtshare.config import MAX_CHUNKS, MAX_HEADER_SIZE
+from dhtshare.core.framing import Buffer
+from dhtshare.core.ids import HASH_LEN, NODE_ID_LEN
 from dhtshare.errors import RemoteProtocolError
-from dhtshare.framing import Buffer
-from dhtshare.ids import HASH_LEN, NODE_ID_LEN
 
 MAX_REQ_ID = 2**32 - 1
 MAX_TEXT = 4096

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from pathlib import Path
 from typing import NewType
 
 from dhtshare.errors import ConfigError
@@ -24,15 +23,6 @@ ManifestHash = NewType("ManifestHash", bytes)
 NodeId = NewType("NodeId", bytes)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a whole file, read in 1 MiB blocks (for checks and the demo)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_manifest_hash(text: str) -> ManifestHash:

@@ -1,7 +1,7 @@
 """One TCP connection speaking the peer protocol: the asyncio shell over the codec.
 
 :class:`Connection` is an :class:`asyncio.BufferedProtocol`: the socket reads
-straight into buffers handed out by the :class:`~dhtshare.framing.FrameDecoder`,
+straight into buffers handed out by the :class:`~dhtshare.core.framing.FrameDecoder`,
 so a chunk's bytes land once, in the buffer that is then hashed and written.
 It multiplexes many requests on one long-lived connection (each answer names
 its request id), enforces the handshake, and turns every misbehaviour into a
@@ -9,7 +9,7 @@ closed connection with a logged reason.  Nothing above it sees a socket.
 
 Later, an authenticated and encrypted link fits here: a wrapper that performs
 its handshake in ``connection_made`` and de/encrypts around the decoder, with
-the node id in :class:`~dhtshare.messages.Hello` bound to its key.
+the node id in :class:`~dhtshare.core.messages.Hello` bound to its key.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import socket
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
-from dhtshare import messages as m
-from dhtshare.buffers import POOL
 from dhtshare.config import PROTOCOL_VERSION
+from dhtshare.core import messages as m
+from dhtshare.core.framing import Buffer, FrameDecoder, encode_prefix
+from dhtshare.disk.buffers import POOL
 from dhtshare.errors import (
     DhtshareError,
     LocalProtocolError,
@@ -33,7 +34,6 @@ from dhtshare.errors import (
     PeerUnreachable,
     RemoteProtocolError,
 )
-from dhtshare.framing import Buffer, FrameDecoder, encode_prefix
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class NotFoundReply(DhtshareError):
 
 
 class Handler(Protocol):
-    """Serves requests a peer sends us (see :mod:`dhtshare.server`)."""
+    """Serves requests a peer sends us (see :mod:`dhtshare.net.server`)."""
 
     def handle(self, conn: Connection, msg: m.Message, body: Buffer) -> None: ...
 

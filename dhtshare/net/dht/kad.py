@@ -42,9 +42,9 @@ from kademlia.protocol import KademliaProtocol
 from kademlia.routing import RoutingTable as _KadRoutingTable
 from kademlia.storage import ForgetfulStorage
 
-from dhtshare.ids import NODE_ID_LEN
-from dhtshare.lookup import RttEstimator
-from dhtshare.providers import Announcement, ProviderStore, TokenIssuer, is_loopback
+from dhtshare.core.ids import NODE_ID_LEN
+from dhtshare.core.lookup import RttEstimator
+from dhtshare.core.providers import Announcement, ProviderStore, TokenIssuer, is_loopback
 
 log = logging.getLogger(__name__)
 

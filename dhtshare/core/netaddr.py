@@ -39,20 +39,3 @@ def parse_size(text: str) -> int:
         raise ConfigError(f"bad size {text!r}: use bytes or a K/M/G suffix, e.g. 1M")
     unit = (match.group(2) or "").lower().rstrip("b").rstrip("i")
     return int(match.group(1)) * _UNITS[unit]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on ``host`` (nodes use one port for both)."""
-    import socket
-
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise ConfigError(f"no port is free for both TCP and UDP on {host}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -20,9 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from dhtshare.disk.hashing import sha256_file
 from dhtshare.errors import DhtshareError
-from dhtshare.ids import sha256_file
-from dhtshare.netaddr import free_port
 
 START_TIMEOUT = 20.0
 STEP_TIMEOUT = 600.0
@@ -36,7 +36,8 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "dhtshare", *args]
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[str]:
+def _start(args: list[str], log: Path) -> tuple[subprocess.Popen[str], int]:
+    """Start a node on a port of its choosing; its ready line says which."""
     with open(log, "w") as fh:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=fh, text=True)
     assert proc.stdout is not None
@@ -47,7 +48,9 @@ def _start(args: list[str], log: Path) -> subprocess.Popen[str]:
         proc.kill()
         proc.wait()
         raise DemoFailed(f"a node did not start; see {log}")
-    return proc
+    found = re.search(r"listening on \S+:(\d+)", line)
+    assert found is not None
+    return proc, int(found.group(1))
 
 
 def _make_file(path: Path, size: int) -> None:
@@ -66,15 +69,14 @@ def _network(root: Path, n: int, say: Callable[[str], None]) -> Iterator[list[tu
     nodes: list[tuple[str, Path]] = []
     try:
         for i in range(1, n + 1):
-            port = free_port(host)
             ddir = root / f"node{i}"
             if i == 1:
-                args = _cli("bootstrap", "--host", host, "--port", str(port), "--data-dir",
-                            str(ddir))
+                args = _cli("bootstrap", "--host", host, "--port", "0", "--data-dir", str(ddir))
             else:
-                args = _cli("node", "--peer", nodes[0][0], "--host", host, "--port", str(port),
+                args = _cli("node", "--peer", nodes[0][0], "--host", host, "--port", "0",
                             "--data-dir", str(ddir))
-            procs.append(_start(args, root / f"node{i}.log"))
+            proc, port = _start(args, root / f"node{i}.log")
+            procs.append(proc)
             nodes.append((f"{host}:{port}", ddir))
             say(f"  node{i} listening on {host}:{port}" + (" (bootstrap)" if i == 1 else ""))
         yield nodes

@@ -1,6 +1,6 @@
 """One iterative Kademlia lookup as a state machine, with no I/O.
 
-The DHT adapter (:mod:`dhtshare.dht`) asks :meth:`Lookup.to_query` whom to
+The DHT adapter (:mod:`dhtshare.net.dht.client`) asks :meth:`Lookup.to_query` whom to
 send a query to, feeds answers and failures back, and stops when
 :attr:`Lookup.done` says so.  Keeping the rules here, away from sockets,
 makes them testable on simulated networks of thousands of nodes in

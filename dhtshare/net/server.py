@@ -20,14 +20,14 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from dhtshare import messages as m
-from dhtshare.buffers import POOL
 from dhtshare.config import KIB, MIB
+from dhtshare.core import messages as m
+from dhtshare.core.framing import Buffer
+from dhtshare.core.manifest import Manifest
+from dhtshare.disk.buffers import POOL
+from dhtshare.disk.store import ContentStore, StorageFull
 from dhtshare.errors import DhtshareError, StorageError
-from dhtshare.framing import Buffer
-from dhtshare.manifest import Manifest
-from dhtshare.store import ContentStore, StorageFull
-from dhtshare.transport import Connection
+from dhtshare.net.transport import Connection
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class _Queue:
 
 
 class ChunkServer:
-    """The :class:`~dhtshare.transport.Handler` for every peer connection."""
+    """The :class:`~dhtshare.net.transport.Handler` for every peer connection."""
 
     def __init__(self, store: ContentStore, announce: Announce | None = None) -> None:
         self.store = store

@@ -1,8 +1,8 @@
 """What the command line prints: results, errors and the progress display.
 
-Shared by the full command line (:mod:`dhtshare.cli`, built on typer) and
+Shared by the full command line (:mod:`dhtshare.cli.app`, built on typer) and
 the quick path that hands ``fetch`` and ``status`` to a running node
-(:mod:`dhtshare.entry`), which must not import typer; so this module imports
+(:mod:`dhtshare.cli.entry`), which must not import typer; so this module imports
 nothing heavy, and rich only when a progress bar is actually drawn.
 """
 

@@ -7,7 +7,7 @@ Three kinds of content, one index:
 * ``fetched``: a file a fetch wrote for the user, served from there;
 * ``replica``: chunks kept on behalf of the network (``--replicas``,
   ``pin``), in ``DATA_DIR/replicas/<hash>.data`` with a chunk journal (see
-  :mod:`dhtshare.chunkfile`), possibly only some chunks of the file.  Only
+  :mod:`dhtshare.disk.chunkfile`), possibly only some chunks of the file.  Only
   replicas are *durable*: they count towards a file's replication factor,
   because only they are kept on purpose.
 
@@ -29,10 +29,10 @@ from typing import Any, BinaryIO, Literal
 
 import msgpack
 
-from dhtshare.chunkfile import ChunkFile, journal_path
+from dhtshare.core.ids import ManifestHash, short
+from dhtshare.core.manifest import Manifest
+from dhtshare.disk.chunkfile import ChunkFile, journal_path
 from dhtshare.errors import DhtshareError, StorageError
-from dhtshare.ids import ManifestHash, short
-from dhtshare.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dhtshare import messages as m
+from dhtshare.core import messages as m
+from dhtshare.core.framing import FrameDecoder, encode_frame
 from dhtshare.errors import (
     DhtshareError,
     NodeNotResponding,
     NodeNotRunning,
     RemoteProtocolError,
 )
-from dhtshare.framing import FrameDecoder, encode_frame
 
 SOCKET_NAME = "control.sock"
 #: A running node sends something at least every 2 s while it works on a request.

@@ -1,0 +1,1 @@
+"""The command line: the only floor that prints, exits or configures logging."""

@@ -1,0 +1,1 @@
+"""The local disk: hashing files, verified chunk files, the content store, the data dir."""

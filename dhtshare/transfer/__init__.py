@@ -1,0 +1,1 @@
+"""Moving files between nodes: fetching a manifest's chunks, placing and repairing replicas."""
