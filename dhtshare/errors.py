@@ -9,6 +9,9 @@ what went wrong and, where possible, what to do about it.  Foreign exceptions
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class DhtshareError(Exception):
     """Base class: something the user can act on went wrong."""
@@ -62,6 +65,10 @@ class PeerError(DhtshareError):
     """A peer could not be reached or stopped answering."""
 
 
+class NotFoundReply(DhtshareError):
+    """A peer answered that it does not have what was asked (ask another)."""
+
+
 class PeerUnreachable(PeerError):
     """Connecting to a peer failed."""
 
@@ -90,3 +97,36 @@ class ReplicationShort(DhtshareError):
 
 class StorageError(DhtshareError):
     """Reading or writing local files failed (disk full, permissions, missing file)."""
+
+
+class StorageFull(StorageError):
+    """This node has no room for more replica data (``--max-storage`` or the disk)."""
+
+
+class DataDirBusy(StorageError):
+    """Another node process owns this data dir."""
+
+
+#: What to tell the user, by errno, after "cannot <action> <path>: <strerror>".
+_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space or choose another place",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EROFS: "that file system is read-only; choose another place",
+    errno.EACCES: "check its owner and mode, or choose another place",
+    errno.EPERM: "check its owner and mode, or choose another place",
+    errno.EMFILE: "this process has too many open files; raise the limit (ulimit -n)",
+}
+
+
+def os_error(err: OSError, action: str, path: Path | str | None = None) -> StorageError:
+    """The user-facing error for an ``OSError`` met while doing ``action`` to ``path``.
+
+    The one place where operating-system failures become messages: every
+    boundary that touches the disk raises ``os_error(err, ...) from err``, so
+    no ``OSError`` reaches a user as a traceback, and each says what to do.
+    """
+    where = f" {err.filename if path is None and err.filename else path or ''}".rstrip()
+    reason = err.strerror or str(err)
+    hint = _HINTS.get(err.errno or 0)
+    full = StorageFull if err.errno in (errno.ENOSPC, errno.EDQUOT) else StorageError
+    return full(f"cannot {action}{where}: {reason}" + (f" ({hint})" if hint else ""))

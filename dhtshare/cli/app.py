@@ -181,9 +181,9 @@ async def _first(*events: asyncio.Event) -> None:
 
 
 async def _wait_for_signal(node: Node, stop: asyncio.Event) -> None:
-    await _first(stop, node.stopped, node.gave_up)
-    if node.join_error is not None:
-        raise node.join_error
+    await _first(stop, node.stopped, node.upkeep.gave_up)
+    if node.upkeep.join_error is not None:
+        raise node.upkeep.join_error
     log.info("shutting down")
 
 
@@ -219,19 +219,19 @@ async def _with_node(config: Config, body: Callable[[Node], Awaitable[T]],
     import tempfile
     from dataclasses import replace
 
-    from dhtshare.node import DataDirBusy, Node
+    from dhtshare.errors import DataDirBusy
+    from dhtshare.node import Node
 
     tmp: str | None = None
     try:
         try:
-            node = Node(config)
-            async with node:
+            async with Node.open(config) as node:
                 return await body(node)
         except DataDirBusy:
             if not allow_temp:
                 raise
             tmp = tempfile.mkdtemp(prefix="dhtshare-")
-            async with Node(replace(config, data_dir=Path(tmp))) as node:
+            async with Node.open(replace(config, data_dir=Path(tmp))) as node:
                 return await body(node)
     finally:
         if tmp is not None:
@@ -258,11 +258,11 @@ def _serve(data_dir: Path | None, host: str, port: int, peers: tuple[tuple[str, 
         from dhtshare.node import Node
 
         stop = _stop_on_signals()
-        async with Node(config) as node:
+        async with Node.open(config) as node:
             # The control socket already answers (status says "joining"); the
             # ready line keeps meaning "up and part of the network".
-            await _first(node.joined, stop)
-            if node.joined.is_set() and node.join_error is None:
+            await _first(node.upkeep.joined, stop)
+            if node.upkeep.joined.is_set() and node.upkeep.join_error is None:
                 _ready_line(node)
             await _wait_for_signal(node, stop)
 
@@ -376,10 +376,13 @@ def publish(
         async def one_shot() -> None:
             stop = _stop_on_signals()
 
+            from dhtshare.ops import PublishArgs
+
             async def body(node: Node) -> None:
                 with Progress("publishing", not json_out) as bar:
-                    result = await node.publish(path, size, lambda _k, d: bar.update(d), copy,
-                                                want)
+                    published = await node.ops.publish(
+                        PublishArgs(path, size, copy, want), lambda _k, d: bar.update(d))
+                result = published.to_json()
                 show(result)
                 if replicas is not None and want > 0:
                     return  # the replicas serve it from now on
@@ -441,9 +444,11 @@ def fetch(
                     )
                 config = _config(ddir, host or _short_lived_host(peers), port, peers)
 
+                from dhtshare.ops import FetchArgs
+
                 async def body(node: Node) -> dict[str, Any]:
-                    res = await node.fetch(h, output, cwd, force,
-                                           lambda _k, d: bar.update(d))
+                    res = await node.ops.fetch(FetchArgs(h, cwd, output, force),
+                                               lambda _k, d: bar.update(d))
                     return res.to_json()
 
                 result = _run(_with_node(config, body, allow_temp=True))

@@ -32,7 +32,7 @@ import msgpack
 from dhtshare.core.ids import ManifestHash, short
 from dhtshare.core.manifest import Manifest
 from dhtshare.disk.chunkfile import ChunkFile, journal_path
-from dhtshare.errors import DhtshareError, StorageError
+from dhtshare.errors import DhtshareError, StorageError, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ STAT_INTERVAL = 2.0
 DISK_RESERVE = 64 * 1024 * 1024
 
 Kind = Literal["published", "fetched", "replica"]
-
-
-class StorageFull(DhtshareError):
-    """This node has no room for more replica data."""
 
 
 @dataclass

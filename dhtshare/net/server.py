@@ -25,9 +25,9 @@ from dhtshare.core import messages as m
 from dhtshare.core.framing import Buffer
 from dhtshare.core.manifest import Manifest
 from dhtshare.disk.buffers import POOL
-from dhtshare.disk.store import ContentStore, StorageFull
-from dhtshare.errors import DhtshareError, StorageError
-from dhtshare.net.transport import Connection
+from dhtshare.disk.store import ContentStore
+from dhtshare.errors import DhtshareError, StorageError, StorageFull
+from dhtshare.net.transport import Connection, make_hello
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ HAVE_FLUSH_DELAY = 0.02
 MAX_QUEUED_BYTES = 64 * MIB
 
 Announce = Callable[[bytes], Awaitable[int]]
+Closed = Callable[[Connection], None]
 
 
 class _Queue:
@@ -56,13 +57,52 @@ class ChunkServer:
 
     def __init__(self, store: ContentStore, announce: Announce | None = None) -> None:
         self.store = store
+        #: Called once a pushed replica is held, so the node announces it.
         self.announce = announce
+        self._listener: asyncio.Server | None = None
+        self._inbound: set[Connection] = set()
         self._queues: dict[Connection, _Queue] = {}
         self._subscribers: dict[bytes, set[Connection]] = {}
         self._have_pending: dict[bytes, list[int]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self.bytes_served = 0
         self.bytes_stored = 0
+
+    # -- the TCP listener ---------------------------------------------------------
+    async def listen(self, host: str, port: int, node_id: bytes, on_close: Closed) -> int:
+        """Accept peer connections on ``host:port`` (0: any free port); returns the port.
+
+        Raises ``OSError`` when the address cannot be bound; the caller, which
+        also needs the UDP port of the same number, says what to do about it.
+        """
+        loop = asyncio.get_running_loop()
+        hello = None
+
+        def closed(conn: Connection) -> None:
+            self._inbound.discard(conn)
+            on_close(conn)
+
+        def accept() -> Connection:
+            assert hello is not None  # set below, before the loop can call us
+            conn = Connection(hello, self, closed)
+            self._inbound.add(conn)
+            return conn
+
+        self._listener = await loop.create_server(accept, host, port, reuse_address=True)
+        bound = int(self._listener.sockets[0].getsockname()[1])
+        hello = make_hello(node_id, bound)
+        return bound
+
+    def stop_listening(self, bye: str | None = None) -> None:
+        """Stop accepting, and close every inbound link (saying ``bye`` first, if given)."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for conn in list(self._inbound):
+            if bye is not None:
+                conn.say_bye(bye)
+            else:
+                conn.close()
 
     # -- Handler protocol ---------------------------------------------------------
     def handle(self, conn: Connection, msg: m.Message, body: Buffer) -> None:
@@ -243,6 +283,7 @@ class ChunkServer:
                     conn.send(m.HaveUpdate(manifest, tuple(indices[i : i + m.MAX_HAVE_BATCH])))
 
     def close(self) -> None:
+        self.stop_listening()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         for q in self._queues.values():

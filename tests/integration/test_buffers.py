@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from dhtshare.config import Config
+from dhtshare.core.ids import parse_manifest_hash
 from dhtshare.disk.buffers import POOL
 from dhtshare.disk.hashing import sha256_file
 from dhtshare.node import Node
+from dhtshare.ops import FetchArgs, PublishArgs
 from tests.conftest import LOOPBACK
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,14 +42,14 @@ async def test_fetch_with_a_pool_that_closes_every_buffer(
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(40 * CHUNK + 123))
     seeder_cfg = Config(data_dir=tmp_path / "seeder", host=LOOPBACK)
-    async with Node(seeder_cfg) as seeder:
-        published = await seeder.publish(src, CHUNK)
+    async with Node.open(seeder_cfg) as seeder:
+        published = await seeder.ops.publish(PublishArgs(src, CHUNK))
         fetcher_cfg = Config(data_dir=tmp_path / "fetcher", host=LOOPBACK,
                              peers=((LOOPBACK, seeder.port),))
-        async with Node(fetcher_cfg) as fetcher:
-            await fetcher.wait_joined()
-            h = bytes.fromhex(published["hash"])
-            result = await fetcher.fetch(h, tmp_path / "got.bin", tmp_path)  # type: ignore[arg-type]
+        async with Node.open(fetcher_cfg) as fetcher:
+            await fetcher.upkeep.wait_joined()
+            h = parse_manifest_hash(published.hash)
+            result = await fetcher.ops.fetch(FetchArgs(h, tmp_path, tmp_path / "got.bin"))
     assert result.bytes_downloaded == src.stat().st_size
     assert sha256_file(tmp_path / "got.bin") == sha256_file(src)
     assert result.banned == []

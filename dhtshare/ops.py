@@ -1,0 +1,330 @@
+"""What a user can ask of a running node, with typed arguments and results.
+
+Each operation takes a frozen ``*Args`` (parsed and checked from the control
+socket's untrusted map by ``from_wire``, or built directly by a short-lived
+command) and returns a result whose ``to_json`` is what ``--json`` prints.
+The control socket, the CLI's short-lived node and the tests all go through
+these same methods, so an operation behaves the same however it is reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dhtshare.config import DEFAULT_REPLICAS
+from dhtshare.core.ids import ManifestHash, parse_manifest_hash
+from dhtshare.core.manifest import check_chunk_size
+from dhtshare.disk.hashing import hash_file
+from dhtshare.errors import ConfigError, NotFoundError, ReplicationShort, StorageError, os_error
+from dhtshare.net.control import Emit, OpHandler
+from dhtshare.transfer.fetch import Fetch, FetchResult
+from dhtshare.transfer.replication import holders_per_chunk
+
+if TYPE_CHECKING:
+    from dhtshare.node import Node
+
+#: ``status`` counts the contacts heard from within this many seconds.
+RECENT_CONTACT = 600.0
+MAX_REPLICAS = 64
+Json = dict[str, Any]
+
+
+def _replicas(value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_REPLICAS:
+        raise ConfigError(f"replicas must be {low} to {MAX_REPLICAS}")
+    return value
+
+
+@dataclass(frozen=True)
+class PublishArgs:
+    path: Path
+    chunk_size: int
+    copy: bool = False
+    replicas: int = 0
+
+    @classmethod
+    def from_wire(cls, a: Json) -> PublishArgs:
+        path, chunk_size = a.get("path"), a.get("chunk_size")
+        if not isinstance(path, str) or not isinstance(chunk_size, int):
+            raise ConfigError("publish needs a path and a chunk size")
+        return cls(Path(path), chunk_size, bool(a.get("copy")), _replicas(a.get("replicas", 0), 0))
+
+
+@dataclass(frozen=True)
+class FetchArgs:
+    hash: ManifestHash
+    cwd: Path
+    output: Path | None = None
+    force: bool = False
+
+    @classmethod
+    def from_wire(cls, a: Json) -> FetchArgs:
+        h = parse_manifest_hash(str(a.get("hash", "")))
+        output, cwd = a.get("output"), a.get("cwd")
+        if not isinstance(cwd, str) or (output is not None and not isinstance(output, str)):
+            raise ConfigError("fetch needs a working directory")
+        return cls(h, Path(cwd), Path(output) if output else None, bool(a.get("force")))
+
+
+@dataclass(frozen=True)
+class HashArgs:
+    """Operations on one file this node knows of (holders, unpin, remove)."""
+
+    hash: ManifestHash
+
+    @classmethod
+    def from_wire(cls, a: Json) -> HashArgs:
+        return cls(parse_manifest_hash(str(a.get("hash", ""))))
+
+
+@dataclass(frozen=True)
+class PinArgs:
+    hash: ManifestHash
+    replicas: int = DEFAULT_REPLICAS
+
+    @classmethod
+    def from_wire(cls, a: Json) -> PinArgs:
+        h = parse_manifest_hash(str(a.get("hash", "")))
+        return cls(h, _replicas(a.get("replicas") or DEFAULT_REPLICAS, 1))
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    hash: str
+    name: str
+    path: str
+    size: int
+    chunk_size: int
+    chunks: int
+    dht_stores: int
+    replicas: dict[str, int]
+    hash_seconds: float
+    elapsed: float
+
+    def to_json(self) -> Json:
+        return asdict(self)
+
+
+class Operations:
+    """The node's operations; ``handlers`` serves them on the control socket."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def handlers(self) -> dict[str, OpHandler]:
+        async def publish(a: Json, emit: Emit) -> Json:
+            return (await self.publish(PublishArgs.from_wire(a), emit)).to_json()
+
+        async def fetch(a: Json, emit: Emit) -> Json:
+            return (await self.fetch(FetchArgs.from_wire(a), emit)).to_json()
+
+        async def status(a: Json, emit: Emit) -> Json:
+            return self.status()
+
+        async def holders(a: Json, emit: Emit) -> Json:
+            return await self.holders(HashArgs.from_wire(a), emit)
+
+        async def pin(a: Json, emit: Emit) -> Json:
+            return await self.pin(PinArgs.from_wire(a), emit)
+
+        async def unpin(a: Json, emit: Emit) -> Json:
+            return await self.unpin(HashArgs.from_wire(a), emit)
+
+        async def remove(a: Json, emit: Emit) -> Json:
+            return await self.remove(HashArgs.from_wire(a), emit)
+
+        return {"publish": publish, "fetch": fetch, "status": status, "holders": holders,
+                "pin": pin, "unpin": unpin, "remove": remove}
+
+    # -- sharing ---------------------------------------------------------------------------
+    async def publish(self, args: PublishArgs, emit: Emit | None = None) -> PublishResult:
+        """Hash a file, hold it and announce it (and place replicas if asked).
+
+        The file is served from where it is unless ``copy`` asks for a copy in
+        the data dir (then the copy is what gets hashed and served, so moving or
+        editing the original later changes nothing).
+        """
+        node, path, chunk_size = self.node, args.path, args.chunk_size
+        check_chunk_size(chunk_size)
+        t0 = time.perf_counter()
+        if not path.is_absolute():
+            raise ConfigError(f"publish needs an absolute path, not {path}")
+        try:
+            before = os.stat(path)
+        except OSError as err:
+            raise os_error(err, "read", path) from err
+        if not stat.S_ISREG(before.st_mode):
+            raise StorageError(f"{path} is not a regular file")
+        loop = asyncio.get_running_loop()
+
+        def progress(done: int) -> None:
+            if emit is not None:
+                loop.call_soon_threadsafe(emit, "progress", {"done": done, "total": before.st_size})
+
+        name = path.name
+        if args.copy:
+            path = await asyncio.to_thread(node.store.import_copy, path)
+        try:
+            manifest = await asyncio.to_thread(hash_file, path, chunk_size, progress, name)
+        except BaseException:
+            if args.copy:
+                path.unlink(missing_ok=True)
+            raise
+        if args.copy:
+            path = await asyncio.to_thread(node.store.place_copy, path, manifest)
+            before = os.stat(path)
+        after = os.stat(path)
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+            raise StorageError(f"{path} changed while it was being published; try again")
+        hashed = time.perf_counter() - t0
+        await node.upkeep.wait_joined(emit)
+        entry = node.store.add_complete(manifest, path, "published", args.replicas)
+        stores = await node.upkeep.announce(manifest.hash)
+        reached = 0
+        if args.replicas > 0:
+            if emit is not None:
+                emit("progress", {"done": 0, "total": manifest.size * args.replicas,
+                                  "stage": "replicating"})
+            placement = await node.replicator.replicate_new(entry, args.replicas)
+            n = manifest.chunk_count
+            reached = (min(placement.placed.get(i, 0) for i in range(n)) if n
+                       else len(placement.targets))
+        return PublishResult(
+            manifest.hash.hex(), manifest.name, str(path), manifest.size, manifest.chunk_size,
+            manifest.chunk_count, stores, {"requested": args.replicas, "reached": reached},
+            round(hashed, 4), round(time.perf_counter() - t0, 4),
+        )
+
+    async def fetch(self, args: FetchArgs, emit: Emit | None = None) -> FetchResult:
+        """Download a file by its manifest hash, verified, then provide it."""
+
+        def progress(done: int, total: int) -> None:
+            if emit is not None:
+                emit("progress", {"done": done, "total": total})
+
+        node = self.node
+        await node.upkeep.wait_joined(emit)
+        result = await Fetch(node, args.hash, args.output, args.cwd, args.force, progress).run()
+        node.spawn(node.upkeep.announce(args.hash))
+        return result
+
+    # -- looking inside --------------------------------------------------------------------
+    def status(self) -> Json:
+        node = self.node
+        dht, store, upkeep = node.dht, node.store, node.upkeep
+        return {
+            "node_id": node.node_id.hex(),
+            "host": node.config.host,
+            "port": node.port,
+            "state": upkeep.state,
+            "join_error": str(upkeep.join_error) if upkeep.join_error is not None else None,
+            "uptime": round(time.monotonic() - node.started_at, 3),
+            "contacts": len(dht.contacts()),
+            "contacts_answered_recently": dht.answered_within(RECENT_CONTACT),
+            "routing_table": [
+                {"node_id": nid.hex(), "address": f"{ip}:{port}", "seen_ago": round(ago, 1)}
+                for nid, ip, port, ago in dht.table()
+            ],
+            "content": [
+                {"hash": h.hex(), "name": e.manifest.name, "size": e.manifest.size,
+                 "kind": e.kind, "durable": e.durable, "replicas": e.replicas,
+                 "complete": e.complete, "chunks": e.manifest.chunk_count,
+                 "chunks_held": e.held_count(), "path": str(e.path)}
+                for h, e in store.entries.items()
+            ],
+            "replica_bytes": store.replica_bytes(),
+            "max_storage": store.max_storage,
+            "bytes_served": node.server.bytes_served,
+            "bytes_stored": node.server.bytes_stored,
+        }
+
+    async def holders(self, args: HashArgs, emit: Emit) -> Json:
+        """Who holds which chunks of a file, asked of every provider directly."""
+        node, h = self.node, args.hash
+        await node.upkeep.wait_joined(emit)
+        manifest = await Fetch(node, h, None, node.data_dir).manifest_only()
+        holders = await node.replicator.survey_hash(manifest, node.store.get(h))
+        counts = holders_per_chunk(holders, manifest.chunk_count)
+        me = f"{node.config.advertise or node.config.host}:{node.port}"
+        return {
+            "hash": h.hex(),
+            "name": manifest.name,
+            "chunks": manifest.chunk_count,
+            "holders": [
+                {"node_id": x.node_id.hex(),
+                 "address": me if x.node_id == node.node_id else f"{x.address[0]}:{x.address[1]}",
+                 "self": x.node_id == node.node_id,
+                 "durable": x.durable,
+                 "chunks_held": manifest.chunk_count if x.held is None else len(x.held)}
+                for x in holders
+            ],
+            "durable_copies_min": min(counts) if counts else 0,
+            "durable_copies": counts if len(counts) <= 4096 else [],
+        }
+
+    # -- keeping copies --------------------------------------------------------------------
+    async def pin(self, args: PinArgs, emit: Emit) -> Json:
+        """Fetch a file into the replica store and keep it as a durable copy."""
+        node, h = self.node, args.hash
+        await node.upkeep.wait_joined(emit)
+        entry = node.store.get(h)
+        if entry is None or not entry.durable or not entry.complete:
+            if entry is not None and entry.durable:
+                node.store.drop(h)  # a partial replica: fetch it whole
+            try:
+                node.store.replica_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise os_error(err, "create", node.store.replica_dir) from err
+            target = node.store.replica_path(h)
+
+            def progress(done: int, total: int) -> None:
+                emit("progress", {"done": done, "total": total})
+
+            await Fetch(node, h, target, node.data_dir, True, progress).run()
+            entry = node.store.adopt_replica(h, target, args.replicas)
+        else:
+            entry.replicas = max(entry.replicas, args.replicas)
+            node.store.save()
+        await node.upkeep.announce(h)
+        return {"hash": h.hex(), "name": entry.manifest.name, "size": entry.manifest.size,
+                "pinned": True, "replicas": entry.replicas}
+
+    async def unpin(self, args: HashArgs, emit: Emit) -> Json:
+        """Hand this node's copy over to others, then drop it."""
+        node, h = self.node, args.hash
+        entry = node.store.get(h)
+        if entry is None or not entry.durable:
+            raise NotFoundError(f"{h.hex()} is not pinned on this node")
+        await node.upkeep.wait_joined(emit)
+        placement = await node.replicator.hand_off(entry)
+        if placement.short:
+            raise ReplicationShort(
+                f"only found room elsewhere for part of {entry.manifest.name}: "
+                f"{len(placement.short)} chunks would fall below {entry.replicas} copies; "
+                "keeping the local copy"
+            )
+        node.store.drop(h)
+        await node.upkeep.withdraw(h)
+        return {"hash": h.hex(), "pinned": False, "handed_off": len(placement.placed)}
+
+    async def remove(self, args: HashArgs, emit: Emit) -> Json:
+        """Stop sharing a file (a replica is handed off first; a user's file is kept)."""
+        node, h = self.node, args.hash
+        entry = node.store.get(h)
+        if entry is None:
+            raise NotFoundError(f"{h.hex()} is not held by this node")
+        if entry.durable:
+            return await self.unpin(args, emit)
+        await node.upkeep.wait_joined(emit)
+        node.store.drop(h)
+        await node.upkeep.withdraw(h)
+        return {"hash": h.hex(), "removed": True, "path": str(entry.path)}
+
+
+__all__ = ["FetchArgs", "HashArgs", "Operations", "PinArgs", "PublishArgs", "PublishResult"]
