@@ -28,14 +28,12 @@ Endgame
     caller can cancel them.
 
 Data structures (memory is ~13 bytes per chunk plus n/8 bytes per partial peer)
-    * ``_avail``: array of per-chunk availability counting *partial* peers
-      only.  Seeds (peers holding everything) are a single counter, because a
-      seed adds the same +1 to every chunk and so never changes their order;
-      a seed therefore joins and leaves in O(1).
-    * ``_levels[k]``: the *pending* chunks (not received, not in flight) whose
-      partial availability is ``k``, as an array; ``_pos[i]`` is the position
-      of chunk ``i`` in its level (-1 if not pending).  Add, remove
-      (swap-with-last) and uniform random choice are O(1).
+    * the pool (:class:`~dhtshare.core.levels.Levels`): the *pending* chunks
+      (not received, not in flight) by availability counting *partial* peers
+      only, with O(1) add, remove and uniform random choice.  Seeds (peers
+      holding everything) are a single counter, because a seed adds the same
+      +1 to every chunk and so never changes their order; a seed therefore
+      joins and leaves in O(1).
     * per partial peer, a bitmap of the chunks it holds (n/8 bytes).
     * ``_inflight``: chunk -> small list of requesters, and a set of chunks per
       peer.
@@ -63,10 +61,11 @@ seed into a partial peer (it answered "not found") costs O(n) once.
 from __future__ import annotations
 
 import random
-from array import array
 from collections.abc import Hashable, Iterable, Iterator
 from itertools import islice
 from typing import Generic, TypeVar
+
+from dhtshare.core.levels import Levels
 
 __all__ = ["Picker"]
 
@@ -143,16 +142,11 @@ class Picker(Generic[P]):
             self._check(index)
             self._have[index] = 1
         self._missing = n_chunks - self._have.count(1)
-        self._avail = array("i", [0]) * n_chunks
-        if self._missing == n_chunks:
-            level0 = array("i", range(n_chunks))
-            self._pos = array("i", range(n_chunks))
-        else:
-            level0 = array("i", [i for i, got in enumerate(self._have) if not got])
-            self._pos = array("i", [-1]) * n_chunks
-            for position, index in enumerate(level0):
-                self._pos[index] = position
-        self._levels: list[array[int]] = [level0]
+        self._pool = Levels(self._have)
+        # The pool's arrays, read directly on the hot paths; only the pool changes them.
+        self._levels = self._pool.levels
+        self._avail = self._pool.avail
+        self._pos = self._pool.pos
         self._inflight: dict[int, list[P]] = {}
         self._peers: dict[P, _Peer] = {}
         self._banned: set[P] = set()
@@ -246,7 +240,7 @@ class Picker(Generic[P]):
         if bitmap is None:
             self._seeds += 1
         else:
-            inc = self._inc
+            inc = self._pool.inc
             for index in _iter_bits(bitmap):
                 inc(index)
 
@@ -262,7 +256,7 @@ class Picker(Generic[P]):
             return
         held[index >> 3] |= mask
         record.count += 1
-        self._inc(index)
+        self._pool.inc(index)
         if self._pos[index] >= 0 and record.epoch == self._epoch:
             record.min_level = min(record.min_level, self._avail[index])
 
@@ -300,7 +294,7 @@ class Picker(Generic[P]):
             return None
         index = self._pick_pending(record)
         if index >= 0:
-            self._pend_remove(index)
+            self._pool.remove(index)
             self._inflight[index] = [peer]
             record.inflight.add(index)
             return index
@@ -324,7 +318,7 @@ class Picker(Generic[P]):
         self._have[index] = 1
         self._missing -= 1
         if self._pos[index] >= 0:
-            self._pend_remove(index)
+            self._pool.remove(index)
             return []
         requesters = self._inflight.pop(index, None)
         if requesters is None:
@@ -420,77 +414,16 @@ class Picker(Generic[P]):
             raise IndexError(f"chunk index {index} out of range 0..{self._n - 1}")
 
     def _pend_add(self, index: int) -> None:
-        """Put chunk ``index`` (not received, not in flight) into the pool."""
-        level_no = self._avail[index]
-        levels = self._levels
-        while len(levels) <= level_no:
-            levels.append(array("i"))
-        level = levels[level_no]
-        self._pos[index] = len(level)
-        level.append(index)
+        """Return chunk ``index`` to the pool: a peer's ``min_level`` may now be too high."""
+        self._pool.add(index)
         self._epoch += 1
-
-    def _pend_remove(self, index: int) -> None:
-        """Take pending chunk ``index`` out of the pool (swap with last)."""
-        pos = self._pos
-        level = self._levels[self._avail[index]]
-        position = pos[index]
-        last = level.pop()
-        if last != index:
-            level[position] = last
-            pos[last] = position
-        pos[index] = -1
-
-    def _inc(self, index: int) -> None:
-        """One more partial peer holds ``index``; moves it up a level if pending."""
-        avail = self._avail
-        level_no = avail[index]
-        avail[index] = level_no + 1
-        pos = self._pos
-        position = pos[index]
-        if position < 0:
-            return
-        levels = self._levels
-        level = levels[level_no]
-        last = level.pop()
-        if last != index:
-            level[position] = last
-            pos[last] = position
-        if len(levels) == level_no + 1:
-            levels.append(array("i"))
-        level = levels[level_no + 1]
-        pos[index] = len(level)
-        level.append(index)
-
-    def _dec(self, index: int) -> None:
-        """One partial holder of ``index`` fewer; moves it down a level if pending.
-
-        Callers bump ``_epoch``: a chunk moving down may undercut a peer's
-        ``min_level``.
-        """
-        avail = self._avail
-        level_no = avail[index]
-        avail[index] = level_no - 1
-        pos = self._pos
-        position = pos[index]
-        if position < 0:
-            return
-        levels = self._levels
-        level = levels[level_no]
-        last = level.pop()
-        if last != index:
-            level[position] = last
-            pos[last] = position
-        level = levels[level_no - 1]
-        pos[index] = len(level)
-        level.append(index)
 
     def _drop_availability(self, record: _Peer) -> None:
         """Subtract what ``record`` holds from the availability counts."""
         if record.held is None:
             self._seeds -= 1
         else:
-            dec = self._dec
+            dec = self._pool.dec
             for index in _iter_bits(record.held):
                 dec(index)
         self._epoch += 1
@@ -509,7 +442,7 @@ class Picker(Generic[P]):
             record.held = bitmap
             record.count = n - 1
             record.min_level = 1
-            inc = self._inc
+            inc = self._pool.inc
             for other in range(n):
                 if other != index:
                     inc(other)
@@ -519,5 +452,5 @@ class Picker(Generic[P]):
         if record.held[index >> 3] & mask:
             record.held[index >> 3] &= ~mask & 0xFF
             record.count -= 1
-            self._dec(index)
+            self._pool.dec(index)
             self._epoch += 1

@@ -150,6 +150,9 @@ class ProviderStore:
         self.max_per_key = max_per_key
         self.max_keys = max_keys
         self._data: OrderedDict[bytes, dict[bytes, _Entry]] = OrderedDict()
+        #: The keys of the current budgeted :meth:`cull` pass, and how many it has seen.
+        self._sweep: list[bytes] = []
+        self._swept = 0
 
     def __len__(self) -> int:
         return len(self._data)
@@ -209,10 +212,38 @@ class ProviderStore:
             for nid, e in entries.items()
         ]
 
-    def cull(self, now: float | None = None) -> None:
+    def cull(self, now: float | None = None, budget: int | None = None) -> int:
+        """Drop expired records; returns how many went.
+
+        :meth:`get` drops a key's expired records when the key is read; this
+        sweeps the keys nobody reads any more, which would otherwise keep
+        their records until :attr:`max_keys` evicts them.  Without ``budget``
+        it sweeps every key at once: O(records held), most of a second at
+        :data:`MAX_KEYS`.  With it, it looks at no more than ``budget`` keys
+        and the next call carries on where this one stopped, so a sweep can
+        be spread over many small steps.
+        """
         now = time.monotonic() if now is None else now
-        for key in list(self._data):
-            self.get(key, now)
+        if budget is None:
+            keys = list(self._data)
+        else:
+            if self._swept >= len(self._sweep):  # a pass is over: start the next
+                self._sweep = list(self._data)
+                self._swept = 0
+            keys = self._sweep[self._swept : self._swept + budget]
+            self._swept += len(keys)
+        dropped = 0
+        for key in keys:
+            entries = self._data.get(key)
+            if entries is None:
+                continue  # gone since the pass began
+            dead = [nid for nid, e in entries.items() if e.expires <= now]
+            for nid in dead:
+                del entries[nid]
+            dropped += len(dead)
+            if not entries:
+                del self._data[key]
+        return dropped
 
 
 class TokenIssuer:

@@ -32,7 +32,7 @@ import msgpack
 from dhtshare.core.ids import ManifestHash, short
 from dhtshare.core.manifest import Manifest
 from dhtshare.disk.chunkfile import ChunkFile, journal_path
-from dhtshare.errors import DhtshareError, StorageError, StorageFull
+from dhtshare.errors import StorageError, StorageFull
 
 log = logging.getLogger(__name__)
 

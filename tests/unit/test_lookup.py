@@ -276,7 +276,7 @@ def test_one_stall_does_not_inflate_the_estimate() -> None:
 
 def test_routing_table_finds_the_true_closest_contacts() -> None:
     """The bucket-pruned nearest-neighbour query equals a brute-force sort."""
-    from dhtshare.net.dht.kad import Node, RoutingTable
+    from dhtshare.net.dht.routing import Node, RoutingTable
 
     class NoPings:
         def check_alive(self, node: Node) -> None:

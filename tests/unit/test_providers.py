@@ -205,13 +205,69 @@ def test_store_cull_drops_expired_entries_and_empty_keys() -> None:
     s.add(KEY, nid(1), HOST, ann(ttl=10), now=0)
     s.add(KEY, nid(2), HOST, ann(ttl=50), now=0)
     s.add(OTHER_KEY, nid(1), HOST, ann(ttl=10), now=0)
-    s.cull(now=5)
+    assert s.cull(now=5) == 0
     assert len(s) == 2
-    s.cull(now=20)
+    assert s.cull(now=20) == 2
     assert len(s) == 1
     assert [r.node_id for r in s.get(KEY, now=20)] == [nid(2)]
-    s.cull(now=50)
+    assert s.cull(now=50) == 1
     assert len(s) == 0
+    assert s.cull(now=50) == 0
+
+
+def test_store_cull_keeps_the_eviction_order_of_live_keys() -> None:
+    """A sweep frees room from dead keys; the live ones keep their place in line."""
+    s = ProviderStore(max_keys=3)
+    keys = [bytes([i]) * NODE_ID_LEN for i in range(4)]
+    s.add(keys[0], nid(1), HOST, ann(ttl=100), now=0)
+    s.add(keys[1], nid(1), HOST, ann(ttl=10), now=0)
+    s.add(keys[2], nid(1), HOST, ann(ttl=100), now=0)
+    assert s.cull(now=20) == 1  # keys[1] is gone: room for a key without evicting
+    s.add(keys[3], nid(1), HOST, ann(ttl=100), now=20)
+    assert [len(s.get(k, now=20)) for k in keys] == [1, 0, 1, 1]
+    s.add(keys[1], nid(1), HOST, ann(ttl=100), now=20)  # full: the oldest live key goes
+    assert [len(s.get(k, now=20)) for k in keys] == [0, 1, 1, 1]
+
+
+def test_store_cull_with_a_budget_sweeps_a_few_keys_per_call() -> None:
+    """Each call looks at ``budget`` keys and the next carries on: every key in a pass."""
+    s = ProviderStore()
+    keys = [bytes([i]) * NODE_ID_LEN for i in range(10)]
+    for key in keys:
+        s.add(key, nid(1), HOST, ann(ttl=10), now=0)
+    assert s.cull(now=20, budget=4) == 4
+    assert len(s) == 6
+    s.remove(keys[5], nid(1), HOST)  # gone mid-pass: skipped, not an error
+    assert s.cull(now=20, budget=4) == 3
+    assert s.cull(now=20, budget=4) == 2  # the end of the pass: fewer than the budget
+    assert len(s) == 0
+    s.add(keys[0], nid(1), HOST, ann(ttl=10), now=20)  # a new pass sees new keys
+    assert s.cull(now=40, budget=4) == 1
+    assert len(s) == 0
+
+
+@FUZZ
+@given(
+    entries=st.lists(
+        st.tuples(st.integers(0, 3), st.integers(1, 5), st.floats(0.5, 100)), max_size=40
+    ),
+    now=st.floats(0, 120),
+)
+def test_store_cull_changes_nothing_a_read_would_see(
+    entries: list[tuple[int, int, float]], now: float
+) -> None:
+    """Culling only drops what :meth:`ProviderStore.get` would no longer return."""
+    culled, untouched = ProviderStore(), ProviderStore()
+    keys = [bytes([k]) * NODE_ID_LEN for k in range(4)]
+    for k, node, ttl in entries:
+        for s in (culled, untouched):
+            s.add(keys[k], nid(node), HOST, ann(ttl=ttl), now=0)
+    live = sum(len(untouched.get(k, now=now)) for k in keys)
+    held = sum(len({n for k2, n, _ in entries if k2 == k}) for k in range(4))
+    assert culled.cull(now=now) == held - live
+    for k in keys:
+        assert culled.get(k, now=now) == untouched.get(k, now=now)
+    assert len(culled) == len(untouched)
 
 
 def test_store_uses_the_monotonic_clock_by_default(clock: FakeClock) -> None:

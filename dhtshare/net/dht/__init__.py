@@ -1,5 +1,6 @@
 """The Kademlia DHT: the only place that touches the ``kademlia`` package.
 
-:mod:`.kad` extends the library (routing table, datagram protocol, server);
-:mod:`.client` is the facade the rest of dhtshare uses.
+:mod:`.routing` (k-buckets), :mod:`.datagram` (the wire) and :mod:`.kad` (RPCs
+and the server) extend the library; :mod:`.client` is the facade the rest of
+dhtshare uses.
 """

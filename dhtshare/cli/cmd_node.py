@@ -1,0 +1,119 @@
+"""Commands that run or ask about a node: ``bootstrap``, ``node``, ``status``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dhtshare.cli.common import (
+    build_config,
+    fail,
+    node_op,
+    peers_from,
+    resolve_data_dir,
+    run,
+    setup_logging,
+    stop_on_signals,
+    wait_first,
+    wait_for_signal,
+)
+from dhtshare.cli.options import (
+    AdvertiseOpt,
+    DataDirOpt,
+    HostOpt,
+    JsonOpt,
+    MaxStorageOpt,
+    PeerOpt,
+    PortOpt,
+    VerboseOpt,
+)
+from dhtshare.cli.render import STATUS_TIMEOUT, show_status
+from dhtshare.errors import DhtshareError
+
+if TYPE_CHECKING:
+    from dhtshare.node import Node
+
+#: Seconds a long-running node retries joining (its peers may be starting too).
+LONG_RUNNING_JOIN = 60.0
+
+
+def _ready_line(node: Node) -> None:
+    """The line on stdout that says the node is up (scripts and tests wait for it)."""
+    print(f"dhtshare node {node.node_id.hex()[:16]} listening on "
+          f"{node.config.host}:{node.port} (data dir {node.data_dir})", flush=True)
+
+
+def _serve(data_dir: Path | None, host: str, port: int, peers: tuple[tuple[str, int], ...],
+           advertise: str | None, verbose: int, max_storage: str) -> None:
+    from dataclasses import replace
+
+    from dhtshare.core.netaddr import parse_size
+
+    setup_logging(verbose, logging.INFO)
+    try:
+        config = build_config(resolve_data_dir(data_dir), host, port, peers, advertise,
+                              LONG_RUNNING_JOIN)
+        config = replace(config, max_storage=parse_size(max_storage))
+    except DhtshareError as err:
+        fail(str(err), err.exit_code)
+
+    async def main() -> None:
+        from dhtshare.node import Node
+
+        stop = stop_on_signals()
+        async with Node.open(config) as node:
+            # The control socket already answers (status says "joining"); the
+            # ready line keeps meaning "up and part of the network".
+            await wait_first(node.upkeep.joined, stop)
+            if node.upkeep.joined.is_set() and node.upkeep.join_error is None:
+                _ready_line(node)
+            await wait_for_signal(node, stop)
+
+    run(main())
+
+
+def bootstrap(
+    host: HostOpt = "0.0.0.0",
+    port: PortOpt = 7000,
+    data_dir: DataDirOpt = None,
+    advertise: AdvertiseOpt = None,
+    max_storage: MaxStorageOpt = "0",
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Run the first node of a new network, in the foreground (Ctrl-C stops it).
+
+    Other nodes join with 'dhtshare node --peer THIS_HOST:PORT'.
+    """
+    _serve(data_dir, host, port, (), advertise, verbose, max_storage)
+
+
+def node(
+    peer: PeerOpt = None,
+    host: HostOpt = "0.0.0.0",
+    port: PortOpt = 7000,
+    data_dir: DataDirOpt = None,
+    advertise: AdvertiseOpt = None,
+    max_storage: MaxStorageOpt = "0",
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Run a long-lived node that joins the network through --peer, in the foreground.
+
+    It serves what it holds, and 'publish'/'fetch' with the same --data-dir go through it.
+    A restart from the same data dir rejoins through its saved contacts.
+    """
+    try:
+        peers = peers_from(peer)
+    except DhtshareError as err:
+        fail(str(err), err.exit_code)
+    _serve(data_dir, host, port, peers, advertise, verbose, max_storage)
+
+
+def status(
+    data_dir: DataDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show what the node on the data dir holds and how many contacts it has."""
+    setup_logging(0)
+    result = node_op(data_dir, "status", {}, "", idle_timeout=STATUS_TIMEOUT)
+    show_status(result, json_out)

@@ -1,0 +1,177 @@
+"""What every command does around its work.
+
+Logging set-up, user errors turned into one line on stderr and an exit code
+(a traceback means a bug), the node configuration built from flags and
+environment, signals, and reaching the node that runs on a data dir.  Heavy
+modules are imported inside the functions so that a command that only talks
+to a running node starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import typer
+
+from dhtshare.cli.render import Progress, error_line
+from dhtshare.errors import ConfigError, DhtshareError, NodeNotRunning
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from dhtshare.config import Config
+    from dhtshare.node import Node
+
+
+T = TypeVar("T")
+
+#: The package's logger, as before the CLI was split (log lines keep their name).
+log = logging.getLogger("dhtshare")
+
+
+def setup_logging(verbose: int, default: int = logging.WARNING) -> None:
+    """Log to stderr at ``default``, or INFO with ``-v`` and DEBUG with ``-vv``."""
+    level = default if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The DHT library logs every timeout at ERROR; those are routine churn for us.
+    for noisy in ("kademlia", "rpcudp"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """End the command with ``message`` as one line on stderr and exit code ``code``."""
+    typer.echo(error_line(message), err=True)
+    raise typer.Exit(code)
+
+
+def guard(fn: Callable[[], T]) -> T:
+    """Run ``fn``; user errors become one line on stderr and an exit code."""
+    try:
+        return fn()
+    except DhtshareError as err:
+        fail(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` in a fresh event loop, with user errors handled as in :func:`guard`."""
+    import asyncio
+
+    return guard(lambda: asyncio.run(coro))
+
+
+def resolve_data_dir(value: Path | None) -> Path:
+    """``--data-dir``, else the default (``$DHTSHARE_DATA_DIR``, then the XDG data dir)."""
+    from dhtshare.config import default_data_dir
+
+    return (value or default_data_dir()).expanduser()
+
+
+def peers_from(values: list[str] | None) -> tuple[tuple[str, int], ...]:
+    """``--peer`` flags, else ``$DHTSHARE_PEERS``, parsed (a bad one is a ConfigError)."""
+    from dhtshare.core.netaddr import parse_peers
+
+    return parse_peers(values, os.environ.get("DHTSHARE_PEERS"))
+
+
+def build_config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, int], ...],
+                 advertise: str | None = None, join_timeout: float = 0.0) -> Config:
+    """The node's :class:`~dhtshare.config.Config` from flags and the environment.
+
+    Timings have no flags: the ``DHTSHARE_*`` variables set them (the tests,
+    the benchmarks and the docker network shorten them).
+    """
+    from dhtshare.config import Config
+
+    if not 0 <= port < 65536:
+        raise ConfigError(f"port {port} is out of range (0-65535)")
+    if host == "0.0.0.0" and advertise in ("0.0.0.0", "127.0.0.1"):
+        raise ConfigError("--advertise must be an address other hosts can reach")
+    env = os.environ
+    kw: dict[str, Any] = {}
+    for name, key in (("provider_ttl", "DHTSHARE_PROVIDER_TTL"),
+                      ("reannounce_interval", "DHTSHARE_REANNOUNCE"),
+                      ("repair_interval", "DHTSHARE_REPAIR_INTERVAL"),
+                      ("handoff_timeout", "DHTSHARE_HANDOFF_TIMEOUT"),
+                      ("join_wait", "DHTSHARE_JOIN_WAIT")):
+        if key in env:
+            try:
+                kw[name] = float(env[key])
+            except ValueError as err:
+                raise ConfigError(f"{key} must be a number of seconds") from err
+    return Config(data_dir=data_dir, host=host, port=port, advertise=advertise, peers=peers,
+                  join_timeout=join_timeout, **kw)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT/SIGTERM; installed before anything starts."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def wait_first(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    import asyncio
+
+    waits = [asyncio.ensure_future(ev.wait()) for ev in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def wait_for_signal(node: Node, stop: asyncio.Event) -> None:
+    """Serve until a signal, the node stopping on its own, or the node giving up joining."""
+    await wait_first(stop, node.stopped, node.upkeep.gave_up)
+    if node.upkeep.join_error is not None:
+        raise node.upkeep.join_error
+    log.info("shutting down")
+
+
+def via_control(data_dir: Path, op: str, args: dict[str, Any], progress: Progress,
+                idle_timeout: float | None = None) -> dict[str, Any] | None:
+    """Run ``op`` on the node of ``data_dir``; ``None`` when no node runs there."""
+    from dhtshare.net import ctlclient
+
+    try:
+        return ctlclient.call(data_dir, op, args, progress.update,
+                              idle_timeout or ctlclient.IDLE_TIMEOUT)
+    except NodeNotRunning as err:
+        if err.__cause__ is None:
+            raise  # the node went away mid-operation: that is an error
+        return None
+
+
+def node_op(data_dir: Path | None, op: str, args: dict[str, Any], label: str,
+            idle_timeout: float | None = None) -> dict[str, Any]:
+    """Run ``op`` on the node of the data dir (which must be running)."""
+    ddir = resolve_data_dir(data_dir)
+
+    def main() -> dict[str, Any]:
+        with Progress(label, bool(label)) as bar:
+            result = via_control(ddir, op, args, bar, idle_timeout)
+        if result is None:
+            raise NodeNotRunning(f"no dhtshare node is running on data dir {ddir}: "
+                                 "start one with 'dhtshare node'")
+        return result
+
+    return guard(main)
