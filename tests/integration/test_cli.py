@@ -18,6 +18,8 @@ from tests.conftest import (
     start_node,
 )
 
+#: Tests marked slow start node processes or wait out a timeout; the rest run one
+#: short CLI command each.
 pytestmark = pytest.mark.timeout(120)
 
 HASH = "ab" * 32
@@ -75,6 +77,7 @@ def test_no_node_on_data_dir(tmp_path: Path) -> None:
     assert_clean_error(res, None, "no dhtshare node is running")
 
 
+@pytest.mark.slow
 def test_unreachable_peer(tmp_path: Path) -> None:
     port = free_port()
     res = run_cli("fetch", HASH, "--data-dir", str(tmp_path / "d"), "--peer",
@@ -92,6 +95,7 @@ def test_port_in_use(tmp_path: Path) -> None:
     assert_clean_error(res, 2, "already in use")
 
 
+@pytest.mark.slow
 def test_data_dir_in_use(cluster: Cluster) -> None:
     (n1,) = cluster.start(1)
     res = run_cli("node", "--peer", n1.addr, "--host", "127.0.0.1", "--port",
@@ -99,6 +103,7 @@ def test_data_dir_in_use(cluster: Cluster) -> None:
     assert_clean_error(res, None, "another dhtshare node is using data dir")
 
 
+@pytest.mark.slow
 def test_status_lists_published_content(cluster: Cluster, tmp_path: Path) -> None:
     _n1, n2 = cluster.start(2)
     f = make_file(tmp_path / "listed.bin", 3000, seed=9)
@@ -109,6 +114,7 @@ def test_status_lists_published_content(cluster: Cluster, tmp_path: Path) -> Non
     assert "listed.bin" in res.stdout
 
 
+@pytest.mark.slow
 def test_restart_rejoins_and_reannounces(cluster: Cluster, tmp_path: Path) -> None:
     n1, n2, n3 = cluster.start(3)
     src = make_file(tmp_path / "kept.bin", 2_000_000, seed=4)
@@ -122,6 +128,7 @@ def test_restart_rejoins_and_reannounces(cluster: Cluster, tmp_path: Path) -> No
     assert result["peers"] == {n2b.addr: src.stat().st_size}
 
 
+@pytest.mark.slow
 def test_publish_one_shot_serves_in_foreground(cluster: Cluster, tmp_path: Path) -> None:
     """Without a node on the data dir, publish joins through --peer and keeps serving."""
     import subprocess
@@ -151,6 +158,7 @@ def test_publish_one_shot_serves_in_foreground(cluster: Cluster, tmp_path: Path)
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_node_on_all_interfaces_is_reachable_by_loopback_peers(
     tmp_path: Path,
 ) -> None:
@@ -171,6 +179,7 @@ def test_node_on_all_interfaces_is_reachable_by_loopback_peers(
         c.stop_all()
 
 
+@pytest.mark.slow
 def test_publish_copy_survives_the_original(cluster: Cluster, tmp_path: Path) -> None:
     n1, n2 = cluster.start(2)
     src = make_file(tmp_path / "moved.bin", 300_000, seed=13)

@@ -22,7 +22,7 @@ from tests.conftest import (
     wait_until,
 )
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # node processes
 
 MIB = 1024 * 1024
 FAST_REPAIR = {"DHTSHARE_REPAIR_INTERVAL": "2"}

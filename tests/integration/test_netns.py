@@ -45,6 +45,7 @@ def _can_make_namespaces() -> bool:
 
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.timeout(180),
     pytest.mark.skipif(not _can_make_namespaces(), reason="needs root and iproute2 netns"),
 ]

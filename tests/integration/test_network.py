@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,9 +24,10 @@ from tests.conftest import (
     sha256_file,
 )
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # node processes
 
 MIB = 1024 * 1024
+WINDOW = 16 * MIB  # the fetcher's per-peer window (Config.window_bytes)
 
 
 @pytest.fixture(scope="module")
@@ -167,32 +169,66 @@ def test_corrupt_provider_is_banned_and_fetch_completes(
     assert result["peers"][n3.addr] > 0
 
 
+def _journaled(journal: Path) -> int:
+    """Chunks a fetch has verified and written so far, from its ``.part.have`` journal."""
+    try:
+        raw = journal.read_bytes()
+    except OSError:
+        return 0
+    return raw[42:].count(1)  # header: 10-byte magic + 32-byte manifest hash
+
+
 def test_provider_killed_mid_fetch(cluster: Cluster, tmp_path: Path) -> None:
+    """A holder dies while a fetch pulls from it: the other holder serves the rest."""
     _n1, n2, n3, n4 = cluster.start(4)
-    src = make_file(tmp_path / "big.bin", 96 * MIB, seed=31)
-    h = publish(n2, src, "--chunk-size", "64K")
+    size, chunk = 96 * MIB, 64 * 1024
+    chunks = size // chunk
+    src = make_file(tmp_path / "big.bin", size, seed=31)
+    # Exactly two holders: n2 (the publisher) and n3, once it has fetched the file.
+    h = publish(n2, src, "--chunk-size", "64K", "--replicas", "0")
     fetch_json(n3, h, tmp_path / "n3.bin")
     out = tmp_path / "n4.bin"
+    journal = tmp_path / f".n4.bin.{h[:16]}.part.have"
     fetcher = subprocess.Popen(
         [sys.executable, "-m", "dhtshare", "fetch", h, "-o", str(out), "--data-dir",
          str(n4.data_dir), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
     )
     try:
-        # Kill n2 as soon as the download has started writing.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and fetcher.poll() is None:
-            if any(p.name.endswith(".part") for p in tmp_path.iterdir()):
-                break
-            time.sleep(0.005)
-        n2.kill()
-        _stdout, stderr = fetcher.communicate(timeout=120)
+        # Once n4 has verified a few chunks (both holders serve from the start) ...
+        deadline = time.monotonic() + 60
+        while (time.monotonic() < deadline and fetcher.poll() is None
+               and _journaled(journal) < chunks // 16):
+            time.sleep(0.002)
+        # ... freeze n4, the node that runs the fetch, so it cannot finish while
+        # n2 dies; count what it holds; kill n2; let n4 go on.
+        os.kill(n4.proc.pid, signal.SIGSTOP)
+        try:
+            held_at_kill = _journaled(journal)
+            n2.kill()
+        finally:
+            os.kill(n4.proc.pid, signal.SIGCONT)
+        running_at_kill = fetcher.poll() is None
+        stdout, stderr = fetcher.communicate(timeout=120)
     finally:
         if fetcher.poll() is None:
             fetcher.kill()
             fetcher.wait(10)
+    assert running_at_kill, f"the fetch ended before n2 was killed: {stderr}"
+    assert 0 < held_at_kill < chunks, f"n2 was not killed mid-fetch ({held_at_kill} chunks)"
     assert fetcher.returncode == 0, stderr
     assert sha256_file(out) == sha256_file(src)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    peers = result["peers"]
+    assert result["bytes_reused"] == 0
+    assert set(peers) <= {n2.addr, n3.addr}, peers
+    # n2 was serving, and served only part of the file.
+    assert 0 < peers.get(n2.addr, 0) < size, peers
+    # The chunks missing when n2 died came from n3, but for what n2 already had
+    # on its way (at most one window of requests in flight).
+    after_kill = (chunks - held_at_kill) * chunk
+    assert peers.get(n3.addr, 0) >= after_kill - WINDOW, (peers, held_at_kill)
+    assert sum(peers.values()) >= size
 
 
 def test_node_stops_cleanly_on_sigterm(cluster: Cluster) -> None:

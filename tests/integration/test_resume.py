@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import Cluster, cli_env, fetch_json, make_file, publish, sha256_file
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # node processes
 
 MIB = 1024 * 1024
 WINDOW = 16 * MIB  # the fetcher's per-peer window (Config.window_bytes)
