@@ -11,6 +11,16 @@ The journal byte is written after the data, so a killed process never leaves
 a chunk marked that was not fully written.  (After a power cut the page cache
 may lose data the journal still claims; ``finish`` syncs the data before the
 file is renamed into place, and the journal is removed with it.)
+
+Writes run in worker threads, and a thread cannot be stopped: a write may
+still be under way when its owner gives up and closes the file.  A closed
+descriptor's number is soon handed to the next file opened, so a late
+``pwrite`` through it would land in some other file.  Each use of the
+descriptors is therefore registered under a lock, and :meth:`ChunkFile.close`
+marks the file closed and waits for the uses in progress before it closes
+anything; a write that comes later is refused (:class:`ChunkFileClosed`).
+The lock is held only to register and to close, not while hashing or
+writing, so writes of different chunks still run in parallel.
 """
 
 from __future__ import annotations
@@ -20,15 +30,28 @@ import errno
 import hashlib
 import mmap
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from dhtshare.core.framing import Buffer
 from dhtshare.core.manifest import Manifest
-from dhtshare.errors import StorageError
+from dhtshare.errors import os_error
 
 MAGIC = b"DHTSHAVE1\n"
 #: Alignment O_DIRECT needs for buffers, offsets and lengths.
 DIRECT_ALIGN = 4096
+
+
+class ChunkFileClosed(OSError):
+    """A chunk file was used after it was closed: nothing was written.
+
+    An ``OSError`` (``EBADF``, what the closed descriptor itself would give),
+    so callers that handle a failed write already handle this one too.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.EBADF, "chunk file is closed", str(path))
 
 
 def journal_path(path: Path) -> Path:
@@ -58,6 +81,10 @@ class ChunkFile:
         self._jfd = -1
         #: An O_DIRECT descriptor for whole, aligned chunks (-1: not available).
         self._dfd = -1
+        #: Guards ``_closed`` and ``_users`` (the threads using the descriptors now).
+        self._guard = threading.Condition()
+        self._users = 0
+        self._closed = False
 
     @classmethod
     def open(cls, path: Path, manifest: Manifest, preallocate: bool = True) -> ChunkFile:
@@ -67,11 +94,16 @@ class ChunkFile:
         which may only ever hold some chunks, stay sparse.
         """
         cf = cls(path, manifest)
+        created = [p for p in (path, cf.journal) if not p.exists()]
         try:
             cf._open(preallocate)
         except OSError as err:
             cf.close()
-            raise StorageError(f"cannot open {path}: {err.strerror or err}") from err
+            # What this call created holds nothing verified, but maybe reserved space.
+            for p in created:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+            raise os_error(err, "open", path) from err
         return cf
 
     def _open(self, preallocate: bool) -> None:
@@ -109,6 +141,25 @@ class ChunkFile:
         self._base = len(header)
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @contextlib.contextmanager
+    def _fds_in_use(self) -> Iterator[None]:
+        """Keep the descriptors open for the ``with`` block (or refuse if closed)."""
+        with self._guard:
+            if self._closed:
+                raise ChunkFileClosed(self.path)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._users -= 1
+                if not self._users:
+                    self._guard.notify_all()
+
+    @property
     def held_count(self) -> int:
         return self.held.count(1)
 
@@ -123,45 +174,58 @@ class ChunkFile:
         """Hash ``data``; if it is chunk ``index``, write it and journal it.
 
         Runs in worker threads (hashlib and the syscalls release the GIL).
-        Returns False, writing nothing, when the hash does not match.
+        Returns False, writing nothing, when the hash does not match; raises
+        :class:`ChunkFileClosed` once the file is closed.
         """
         m = self.manifest
         if len(data) != m.chunk_length(index):
             return False
         if hashlib.sha256(data).digest() != m.chunk_hash(index):
             return False
-        view = memoryview(data)
-        offset = m.chunk_offset(index)
-        fd = self.fd
-        if self._dfd >= 0 and isinstance(data, mmap.mmap) and len(data) % DIRECT_ALIGN == 0:
-            fd = self._dfd  # page-aligned buffer, aligned offset and length
-        while view:
-            try:
-                n = os.pwrite(fd, view, offset)
-            except OSError as err:
-                if fd != self._dfd or err.errno != errno.EINVAL:
-                    raise
-                fd = self.fd  # the file system turned the direct write down
-                continue
-            view, offset = view[n:], offset + n
-        os.pwrite(self._jfd, b"\x01", self._base + index)
-        self.held[index] = 1
+        with self._fds_in_use():
+            view = memoryview(data)
+            offset = m.chunk_offset(index)
+            fd = self.fd
+            if self._dfd >= 0 and isinstance(data, mmap.mmap) and len(data) % DIRECT_ALIGN == 0:
+                fd = self._dfd  # page-aligned buffer, aligned offset and length
+            while view:
+                try:
+                    n = os.pwrite(fd, view, offset)
+                except OSError as err:
+                    if fd != self._dfd or err.errno != errno.EINVAL:
+                        raise
+                    fd = self.fd  # the file system turned the direct write down
+                    continue
+                view, offset = view[n:], offset + n
+            os.pwrite(self._jfd, b"\x01", self._base + index)
+            self.held[index] = 1
         return True
 
     def finish(self, target: Path) -> None:
         """Sync the complete file, move it to ``target`` and drop the journal."""
-        os.fsync(self.fd)
-        os.replace(self.path, target)
-        self.path = target
-        with contextlib.suppress(OSError):
-            os.unlink(self.journal)
+        with self._fds_in_use():
+            os.fsync(self.fd)
+            os.replace(self.path, target)
+            self.path = target
+            with contextlib.suppress(OSError):
+                os.unlink(self.journal)
         self.close()
 
     def close(self) -> None:
-        for fd in (self.fd, self._jfd, self._dfd):
+        """Close for good, once the writes under way are done; later ones are refused.
+
+        Waits (briefly: one ``pwrite``) for writes in other threads, so their
+        descriptor numbers cannot be reused under them.  Idempotent.
+        """
+        with self._guard:
+            self._closed = True
+            while self._users:
+                self._guard.wait()
+            fds = (self.fd, self._jfd, self._dfd)
+            self.fd = self._jfd = self._dfd = -1
+        for fd in fds:
             if fd >= 0:
                 os.close(fd)
-        self.fd = self._jfd = self._dfd = -1
 
     def discard(self) -> None:
         """Close and remove both files (an abandoned copy)."""
