@@ -136,7 +136,7 @@ class ChunkServer:
                     await q.wakeup.wait()
                     continue
                 msg, body = q.items.popleft()
-                conn.incoming -= 1
+                conn.session.incoming_done()
                 q.queued_bytes -= len(body)
                 req = getattr(msg, "req", -1)
                 if req in q.cancelled:

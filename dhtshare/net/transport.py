@@ -1,22 +1,26 @@
-"""One TCP connection speaking the peer protocol: the asyncio shell over the codec.
+"""One TCP connection speaking the peer protocol: the asyncio shell around a session.
 
-:class:`Connection` is an :class:`asyncio.BufferedProtocol`: the socket reads
-straight into buffers handed out by the :class:`~dhtshare.core.framing.FrameDecoder`,
-so a chunk's bytes land once, in the buffer that is then hashed and written.
-It multiplexes many requests on one long-lived connection (each answer names
-its request id), enforces the handshake, and turns every misbehaviour into a
-closed connection with a logged reason.  Nothing above it sees a socket.
+Every protocol rule (the handshake, request ids, the cap on a peer's requests,
+which message may come when) lives in the sans-IO
+:class:`~dhtshare.core.session.Session`; :class:`Connection` only moves bytes
+and turns the session's events into futures and handler calls.  It is an
+:class:`asyncio.BufferedProtocol`: the socket reads straight into the buffers
+the session hands out, so a chunk's bytes land once, in the pooled buffer that
+is then hashed and written.  Many requests share one long-lived connection
+(each answer names its request id), and every misbehaviour becomes a closed
+connection with a logged reason.  Nothing above it sees a socket.
 
-Later, an authenticated and encrypted link fits here: a wrapper that performs
-its handshake in ``connection_made`` and de/encrypts around the decoder, with
-the node id in :class:`~dhtshare.core.messages.Hello` bound to its key.
+The I/O concerns stay here: the handshake timeout, write back-pressure,
+``sendfile`` for chunks that are already in a file, and a future per request.
+An encrypted link is a record codec inside the session, not a wrapper here;
+only :meth:`Connection.send_file` will need a fallback then (reading the file
+and sending it through the session), since a sealed body cannot go out raw.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import socket
 from collections.abc import Callable
@@ -24,11 +28,25 @@ from typing import BinaryIO, Protocol
 
 from dhtshare.config import PROTOCOL_VERSION
 from dhtshare.core import messages as m
-from dhtshare.core.framing import Buffer, FrameDecoder, encode_prefix
+from dhtshare.core.framing import Buffer
+from dhtshare.core.session import (
+    MAX_INCOMING_REQUESTS,
+    Body,
+    CancelRequest,
+    Event,
+    HandshakeDone,
+    HaveUpdated,
+    PeerLeaving,
+    PlainCodec,
+    Request,
+    Response,
+    Session,
+    Wire,
+)
 from dhtshare.disk.buffers import POOL
 from dhtshare.errors import (
-    DhtshareError,
     LocalProtocolError,
+    NotFoundReply,
     PeerError,
     PeerTimeout,
     PeerUnreachable,
@@ -37,22 +55,19 @@ from dhtshare.errors import (
 
 log = logging.getLogger(__name__)
 
-#: Requests a peer may have outstanding with us at once.
-MAX_INCOMING_REQUESTS = 512
 SOCKET_BUFFER = 4 * 1024 * 1024
 WRITE_HIGH_WATER = 8 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 
-Body = bytes | bytearray | memoryview
 Reply = tuple[m.Message, Buffer]
 
 
-class NotFoundReply(DhtshareError):
-    """The peer answered that it does not have what was asked."""
-
-
 class Handler(Protocol):
-    """Serves requests a peer sends us (see :mod:`dhtshare.net.server`)."""
+    """Serves requests a peer sends us (see :mod:`dhtshare.net.server`).
+
+    Each request it is handed counts against the peer's cap until it calls
+    ``conn.session.incoming_done()``; CANCELs are handed over too, uncounted.
+    """
 
     def handle(self, conn: Connection, msg: m.Message, body: Buffer) -> None: ...
 
@@ -68,28 +83,43 @@ class Connection(asyncio.BufferedProtocol):
         handler: Handler | None = None,
         on_close: Callable[[Connection], None] | None = None,
     ) -> None:
-        self._hello = hello
-        self.handler = handler
+        #: The protocol state; the server settles requests with ``session.incoming_done()``.
+        self.session = Session(
+            hello, handler is not None, MAX_INCOMING_REQUESTS, PlainCodec(alloc=POOL.get)
+        )
+        self._handler = handler
         self._on_close = on_close
-        self._decoder = FrameDecoder(alloc=POOL.get)
         self.transport: asyncio.Transport | None = None
-        self.peer_hello: m.Hello | None = None
         self.peername: tuple[str, int] = ("?", 0)
         self._loop = asyncio.get_running_loop()
         self._handshake: asyncio.Future[m.Hello] = self._loop.create_future()
+        self._deadline: asyncio.TimerHandle | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._pending: dict[int, asyncio.Future[Reply]] = {}
-        self._ids = itertools.count(1)
         self._can_write = asyncio.Event()
         self._can_write.set()
-        self.incoming = 0
         self.close_reason: str | None = None
         self.have_listeners: dict[bytes, Callable[[tuple[int, ...]], None]] = {}
         self.bytes_received = 0
         #: Why the peer said it was leaving (its BYE), if it did.
         self.farewell: str | None = None
         #: While a body goes out with sendfile, other writes wait here.
-        self._held: list[bytes | bytearray | memoryview] | None = None
+        self._held: list[Body] | None = None
+
+    @property
+    def handler(self) -> Handler | None:
+        """Who serves the peer's requests; without one, the session refuses them."""
+        return self._handler
+
+    @handler.setter
+    def handler(self, handler: Handler | None) -> None:
+        self._handler = handler
+        self.session.serves_requests = handler is not None
+
+    @property
+    def peer_hello(self) -> m.Hello | None:
+        """The peer's HELLO, once the handshake is done."""
+        return self.session.peer_hello
 
     # -- asyncio protocol callbacks ------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -105,23 +135,24 @@ class Connection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peername = (str(peer[0]), int(peer[1]))
-        self.send(self._hello)
+        self._write(self.session.start())
         # A peer that never says HELLO must not hold a connection open forever.
-        self._loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_deadline)
+        self._deadline = self._loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_deadline)
 
     def _handshake_deadline(self) -> None:
         if self.peer_hello is None:
             self.abort("no HELLO in time")
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._decoder.get_buffer()
+        return self.session.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         self.bytes_received += nbytes
+        session = self.session
+        session.buffer_updated(nbytes)
         try:
-            self._decoder.buffer_updated(nbytes)
-            while (frame := self._decoder.next_frame()) is not None:
-                self._dispatch(m.decode(frame.header, frame.body), frame.body)
+            while (event := session.next_event()) is not None:
+                self._on_event(event)
                 if self.transport is None or self.transport.is_closing():
                     return
         except RemoteProtocolError as err:
@@ -134,6 +165,9 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         reason = self.close_reason or (f"connection lost: {exc}" if exc else "connection closed")
         self.close_reason = reason
+        self.session.close()
+        if self._deadline is not None:
+            self._deadline.cancel()
         error = PeerError(f"peer {self.label}: {reason}")
         if not self._handshake.done():
             self._handshake.set_exception(error)
@@ -145,8 +179,8 @@ class Connection(asyncio.BufferedProtocol):
         self._can_write.set()
         if not self._closed.done():
             self._closed.set_result(None)
-        if self.handler is not None:
-            self.handler.closed(self)
+        if self._handler is not None:
+            self._handler.closed(self)
         if self._on_close is not None:
             self._on_close(self)
         self.transport = None
@@ -156,6 +190,34 @@ class Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._can_write.set()
+
+    # -- events from the session ------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        match event:
+            case Response(msg, body):
+                fut = self._pending.pop(msg.req, None)
+                if fut is not None and not fut.done():
+                    fut.set_result((msg, body))
+            case Request(msg, body):
+                if self._handler is not None:  # else the session refused it
+                    self._handler.handle(self, msg, body)
+            case CancelRequest(msg):
+                if self._handler is not None:
+                    self._handler.handle(self, msg, b"")
+            case HaveUpdated(msg):
+                listener = self.have_listeners.get(msg.manifest)
+                if listener is not None:
+                    listener(msg.indices)
+            case HandshakeDone(hello):
+                if self._deadline is not None:
+                    self._deadline.cancel()
+                if not self._handshake.done():
+                    self._handshake.set_result(hello)
+            case PeerLeaving(reason):
+                self.farewell = reason
+                self.close_reason = f"peer left the network ({reason})"
+                log.info("peer %s is leaving: %s", self.label, reason)
+                self.close()
 
     # -- helpers ------------------------------------------------------------------
     @property
@@ -178,6 +240,7 @@ class Connection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.close_reason = self.close_reason or "closed by us"
+            self.session.close()
             self.transport.close()
 
     def say_bye(self, reason: str = "shutting down") -> None:
@@ -200,32 +263,30 @@ class Connection(asyncio.BufferedProtocol):
 
     def send(self, msg: m.Message, body: Body = b"") -> None:
         """Queue a message (never blocks; see :meth:`drain` for back-pressure)."""
-        if self.transport is None or self.transport.is_closing():
-            return
-        body = body or m.payload(msg)
-        prefix = encode_prefix(m.encode(msg), len(body))
+        if self.is_open:
+            self._write(self.session.send(msg, body))
+
+    def _write(self, wire: Wire) -> None:
         if self._held is not None:
-            self._held.append(prefix)
-            if body:
-                self._held.append(bytes(body))
+            self._held.extend(bytes(piece) for piece in wire)
             return
-        self.transport.write(prefix)
-        if body:
-            self.transport.write(body)
+        transport = self.transport
+        if transport is not None:
+            for piece in wire:
+                transport.write(piece)
 
     async def send_file(self, msg: m.Message, file: BinaryIO, offset: int, count: int) -> None:
         """Send ``msg`` with ``count`` bytes of ``file`` as its body, kernel to socket.
 
         ``loop.sendfile`` uses ``sendfile(2)`` on a plain TCP transport (the
-        payload never enters Python) and falls back to read-and-write on any
-        other transport, so a wrapped (encrypted) link later still works.
-        Other messages sent meanwhile are held and follow the body.
+        payload never enters Python); only the frame's prefix comes from the
+        session.  Other messages sent meanwhile are held and follow the body.
         """
         if self.transport is None or self.transport.is_closing():
             return
         if self._held is not None:
             raise LocalProtocolError("send_file while another send_file is running")
-        self.transport.write(encode_prefix(m.encode(msg), count))
+        self._write(self.session.send_prefix(msg, count))
         self._held = []
         try:
             sent = await self._loop.sendfile(self.transport, file, offset, count)
@@ -247,15 +308,16 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- requests -------------------------------------------------------------------
     def next_id(self) -> int:
-        return next(self._ids) & m.MAX_REQ_ID
+        return self.session.next_id()
 
     def start_request(self, msg: m.Message, req: int, body: Body = b"") -> asyncio.Future[Reply]:
         """Send ``msg`` (whose request id is ``req``) and return the answer's future."""
         if not self.is_open:
             raise PeerError(f"peer {self.label}: connection is closed")
+        wire = self.session.start_request(msg, body)
         fut: asyncio.Future[Reply] = self._loop.create_future()
         self._pending[req] = fut
-        self.send(msg, body)
+        self._write(wire)
         return fut
 
     def forget(self, req: int) -> None:
@@ -263,7 +325,9 @@ class Connection(asyncio.BufferedProtocol):
         fut = self._pending.pop(req, None)
         if fut is not None:
             fut.cancel()
-            self.send(m.Cancel(req))
+            wire = self.session.cancel(req)
+            if self.is_open:
+                self._write(wire)
 
     async def request(self, msg: m.Message, req: int, timeout: float, body: Body = b"") -> Reply:
         fut = self.start_request(msg, req, body)
@@ -273,6 +337,9 @@ class Connection(asyncio.BufferedProtocol):
         except TimeoutError as err:
             self.forget(req)
             raise PeerTimeout(f"peer {self.label} did not answer in {timeout:.0f} s") from err
+        except asyncio.CancelledError:
+            self.forget(req)  # nobody waits for it any more: don't keep its future
+            raise
 
     async def get_manifest(self, manifest: bytes, timeout: float) -> Buffer:
         req = self.next_id()
@@ -295,47 +362,6 @@ class Connection(asyncio.BufferedProtocol):
         if isinstance(reply, m.Error):
             raise PeerError(f"peer {self.label} answered with an error: {reply.message}")
         raise RemoteProtocolError(f"unexpected answer {type(reply).__name__}")
-
-    # -- dispatch ---------------------------------------------------------------------
-    def _dispatch(self, msg: m.Message, body: Buffer) -> None:
-        if self.peer_hello is None:
-            if not isinstance(msg, m.Hello):
-                raise RemoteProtocolError(f"expected HELLO, got {type(msg).__name__}")
-            if msg.version != PROTOCOL_VERSION:
-                raise RemoteProtocolError(f"unsupported protocol version {msg.version}")
-            self.peer_hello = msg
-            self._handshake.set_result(msg)
-            return
-        match msg:
-            case m.Data() | m.NotFound() | m.Error() | m.Have() | m.Ok():
-                fut = self._pending.pop(msg.req, None)
-                if fut is not None and not fut.done():
-                    fut.set_result((msg, body))
-                # else: an answer to a request we cancelled; drop it.
-            case m.HaveUpdate():
-                listener = self.have_listeners.get(msg.manifest)
-                if listener is not None:
-                    listener(msg.indices)
-            case (
-                m.GetManifest() | m.GetChunk() | m.GetHave() | m.Cancel() | m.PutManifest()
-                | m.PutChunk()
-            ):
-                if self.handler is None:
-                    raise RemoteProtocolError("requests are not accepted on this connection")
-                if not isinstance(msg, m.Cancel):
-                    if self.incoming >= MAX_INCOMING_REQUESTS:
-                        raise RemoteProtocolError("too many outstanding requests")
-                    self.incoming += 1
-                self.handler.handle(self, msg, body)
-            case m.Bye():
-                self.farewell = msg.reason
-                self.close_reason = f"peer left the network ({msg.reason})"
-                log.info("peer %s is leaving: %s", self.label, msg.reason)
-                self.close()
-            case m.Hello():
-                raise RemoteProtocolError("second HELLO")
-            case _:
-                raise RemoteProtocolError(f"{type(msg).__name__} is not a peer message")
 
 
 async def connect(
@@ -365,6 +391,4 @@ def make_hello(node_id: bytes, port: int) -> m.Hello:
     return m.Hello(PROTOCOL_VERSION, node_id, port, "dhtshare/0.1")
 
 
-__all__ = ["Connection", "Handler", "NotFoundReply", "connect", "make_hello"]
-
-
+__all__ = ["Body", "Connection", "Handler", "NotFoundReply", "Reply", "connect", "make_hello"]

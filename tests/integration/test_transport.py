@@ -1,16 +1,92 @@
-"""Two peer-protocol connections over a real loopback socket, in process."""
+"""Two peer-protocol connections over a real loopback socket, in process.
+
+The protocol rules are tested without sockets in ``tests/unit/test_session.py``;
+these check the asyncio shell around them: futures per request, CANCEL on
+``forget``, bodies received into pooled buffers, ``sendfile``, and violations
+turned into closed connections.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import mmap
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
+from dhtshare.config import MIB
+from dhtshare.core import messages as m
+from dhtshare.core.framing import Buffer
+from dhtshare.core.ids import HASH_LEN
+from dhtshare.errors import PeerError
 from dhtshare.net.transport import Connection, connect, make_hello
 from tests.conftest import LOOPBACK
 
 pytestmark = pytest.mark.timeout(30)
+
+H = b"h" * HASH_LEN
+
+
+class Handler:
+    """Answers GET_MANIFEST from memory and GET_CHUNK from a file; leaves GET_HAVE unanswered."""
+
+    def __init__(self, body: bytes = b"", path: Path | None = None) -> None:
+        self.body = body
+        self.path = path
+        self.seen: list[m.Message] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.cancelled = asyncio.Event()
+
+    def handle(self, conn: Connection, msg: m.Message, body: Buffer) -> None:
+        self.seen.append(msg)
+        if isinstance(msg, m.Cancel):
+            self.cancelled.set()
+            return
+        conn.session.incoming_done()
+        if isinstance(msg, m.GetManifest):
+            conn.send(m.Data(msg.req), self.body)
+        elif isinstance(msg, m.GetChunk) and self.path is not None:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed by the task
+            task = asyncio.get_running_loop().create_task(self._send_file(conn, msg.req, fh))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _send_file(self, conn: Connection, req: int, fh: BinaryIO) -> None:
+        with fh:
+            await conn.send_file(m.Data(req), fh, 0, os.fstat(fh.fileno()).st_size)
+
+    def closed(self, conn: Connection) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+@contextlib.asynccontextmanager
+async def linked(handler: Handler | None) -> AsyncIterator[tuple[Connection, Connection]]:
+    """(the accepting side, serving with ``handler``; the connecting side, serving nothing)."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[Connection] = loop.create_future()
+
+    def accept() -> Connection:
+        conn = Connection(make_hello(os.urandom(20), 1), handler)
+        accepted.set_result(conn)
+        return conn
+
+    server = await loop.create_server(accept, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+    client = await connect(LOOPBACK, port, make_hello(os.urandom(20), 2), None, 5)
+    conn = await asyncio.wait_for(accepted, 5)
+    try:
+        await conn.wait_handshake(5)
+        yield conn, client
+    finally:
+        client.close()
+        conn.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_bye_tells_the_peer_we_are_leaving() -> None:
@@ -29,6 +105,70 @@ async def test_bye_tells_the_peer_we_are_leaving() -> None:
         assert "left the network" in accepted.close_reason
         await asyncio.wait_for(client.wait_closed(), 10)
         assert client.farewell is None  # it was the one leaving
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_answers_arrive_in_pooled_buffers(tmp_path: Path) -> None:
+    body = os.urandom(3 * MIB + 7)
+    path = tmp_path / "chunk.bin"
+    path.write_bytes(os.urandom(2 * MIB + 3))
+    handler = Handler(body, path)
+    async with linked(handler) as (server, client):
+        assert client.peer_hello == server.session.hello
+        got = await client.get_manifest(H, 10)
+        assert isinstance(got, mmap.mmap)  # straight from the socket into the pool's buffer
+        assert got[:] == body
+        req = client.next_id()
+        reply, chunk = await client.request(m.GetChunk(req, H, 0, H), req, 10)
+        assert reply == m.Data(req)
+        assert bytes(chunk) == path.read_bytes()
+        assert server.session.incoming == 0
+        assert client.session.outstanding == frozenset()
+
+
+async def test_forget_cancels_the_request_at_the_peer() -> None:
+    handler = Handler()
+    async with linked(handler) as (_, client):
+        req = client.next_id()
+        fut = client.start_request(m.GetHave(req, H), req)
+        client.forget(req)
+        assert fut.cancelled()
+        await asyncio.wait_for(handler.cancelled.wait(), 5)
+        assert handler.seen == [m.GetHave(req, H), m.Cancel(req)]
+        assert client.session.outstanding == frozenset()
+
+
+async def test_a_request_to_a_link_that_does_not_serve_closes_it() -> None:
+    async with linked(Handler()) as (server, client):
+        req = server.next_id()
+        fut = server.start_request(m.GetManifest(req, H), req)
+        with pytest.raises(PeerError):
+            await asyncio.wait_for(fut, 5)
+        await asyncio.wait_for(client.wait_closed(), 5)
+        assert client.close_reason is not None
+        assert client.close_reason.startswith("protocol violation: requests are not accepted")
+
+
+async def test_garbage_closes_the_connection_with_its_reason() -> None:
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[Connection] = loop.create_future()
+
+    def accept() -> Connection:
+        conn = Connection(make_hello(os.urandom(20), 1), Handler())
+        accepted.set_result(conn)
+        return conn
+
+    server = await loop.create_server(accept, LOOPBACK, 0)
+    try:
+        _, writer = await asyncio.open_connection(LOOPBACK, server.sockets[0].getsockname()[1])
+        writer.write(b"GET / HTTP/1.1\r\n\r\n")
+        conn = await asyncio.wait_for(accepted, 5)
+        await asyncio.wait_for(conn.wait_closed(), 5)
+        assert conn.close_reason is not None
+        assert conn.close_reason.startswith("protocol violation: frame")
+        writer.close()
     finally:
         server.close()
         await server.wait_closed()

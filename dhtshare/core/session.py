@@ -1,0 +1,471 @@
+"""The peer protocol's rules for one connection, with no I/O (the h11 shape).
+
+A :class:`Session` is told which bytes arrived (:meth:`~Session.receive_data`, or
+the zero-copy pair :meth:`~Session.get_buffer`/:meth:`~Session.buffer_updated`
+that :class:`asyncio.BufferedProtocol` uses) and answers with typed events
+(:meth:`~Session.next_event`); asked to send a message, it answers with the
+buffers to write (:meth:`~Session.send`).  It owns all the protocol says about
+one connection: the HELLO handshake, the ids of our outstanding requests, the
+cap on the peer's, and which message may come when.  It never sees a socket, a
+loop or a clock, so every rule is tested in memory, and
+:class:`dhtshare.net.transport.Connection` is only the asyncio shell around it.
+
+Errors follow h11: a peer breaking a rule makes :meth:`~Session.next_event`
+raise :class:`RemoteProtocolError` and leaves the session ``BROKEN``; our code
+breaking one (a request before the handshake, anything after BYE) raises
+:class:`LocalProtocolError`, a bug in the caller.  If ``next_event`` raises
+anything else, that is a bug here.
+
+Every byte in either direction passes through the session's :class:`RecordCodec`.
+Today that is :class:`PlainCodec`: frames as they are, bodies received into
+pooled buffers and sent as given, never copied.  The authenticated, encrypted
+link (a Noise IK/XX handshake, then AES-GCM records) plugs in here rather than
+around the session: a ``SECURING`` state between ``IDLE`` and ``AWAIT_HELLO``
+in the tables below, whose bytes go to the handshake, after which the session
+swaps in an AEAD codec (``raw_bodies = False``: ``sendfile`` then falls back
+to reading) and checks that the peer's HELLO names the node its key belongs to.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+from dhtshare.config import PROTOCOL_VERSION
+from dhtshare.core import messages as m
+from dhtshare.core.framing import Buffer, Frame, FrameDecoder, encode_prefix
+from dhtshare.errors import LocalProtocolError, RemoteProtocolError
+
+#: Requests a peer may have outstanding with us at once.
+MAX_INCOMING_REQUESTS = 512
+#: Where bytes go once nothing more is read from a connection.
+_SINK_SIZE = 16 * 1024
+
+Body: TypeAlias = bytes | bytearray | memoryview
+#: What goes on the wire for one message, in order; a body is passed on as given.
+Wire: TypeAlias = tuple[Body, ...]
+RequestMessage: TypeAlias = m.GetManifest | m.GetChunk | m.GetHave | m.PutManifest | m.PutChunk
+AnswerMessage: TypeAlias = m.Data | m.NotFound | m.Error | m.Have | m.Ok
+_REQUESTS = (m.GetManifest, m.GetChunk, m.GetHave, m.PutManifest, m.PutChunk)
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeDone:
+    """The peer's HELLO arrived and fits: requests may now flow both ways."""
+
+    hello: m.Hello
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The peer asks us something; call :meth:`Session.incoming_done` once it is settled."""
+
+    msg: RequestMessage
+    body: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """The peer no longer wants the answer to its request ``msg.req`` (it may get one anyway)."""
+
+    msg: m.Cancel
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The answer to one of our outstanding requests; its id is free again."""
+
+    msg: AnswerMessage
+    body: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class HaveUpdated:
+    """The peer verified more chunks of a manifest we asked it about."""
+
+    msg: m.HaveUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLeaving:
+    """The peer said BYE: it leaves the network, so forget it rather than retry it."""
+
+    reason: str
+
+
+Event: TypeAlias = HandshakeDone | Request | CancelRequest | Response | HaveUpdated | PeerLeaving
+
+
+# --- states and the rules that move them ------------------------------------------------
+
+
+class State(enum.Enum):
+    """Where a session stands; what each state allows is in :data:`RECEIVE` and :data:`SEND`."""
+
+    IDLE = "idle"  # created; start() not called yet
+    AWAIT_HELLO = "await-hello"  # our HELLO is out, the peer's is not in
+    OPEN = "open"  # both HELLOs exchanged
+    CLOSED = "closed"  # a BYE went either way, or we closed: nothing more either way
+    BROKEN = "broken"  # the peer broke a rule: nothing more either way
+
+
+class Kind(enum.Enum):
+    """What a message is for; the rules below are written per kind, not per type."""
+
+    HELLO = "hello"
+    REQUEST = "request"
+    CANCEL = "cancel"
+    ANSWER = "answer"
+    PUSH = "push"
+    BYE = "bye"
+    CONTROL = "control"  # the local control socket's: never on a peer connection
+
+
+KINDS: dict[m.MsgType, Kind] = {
+    m.MsgType.HELLO: Kind.HELLO,
+    m.MsgType.GET_MANIFEST: Kind.REQUEST,
+    m.MsgType.GET_CHUNK: Kind.REQUEST,
+    m.MsgType.GET_HAVE: Kind.REQUEST,
+    m.MsgType.PUT_MANIFEST: Kind.REQUEST,
+    m.MsgType.PUT_CHUNK: Kind.REQUEST,
+    m.MsgType.CANCEL: Kind.CANCEL,
+    m.MsgType.DATA: Kind.ANSWER,
+    m.MsgType.NOT_FOUND: Kind.ANSWER,
+    m.MsgType.ERROR: Kind.ANSWER,
+    m.MsgType.HAVE: Kind.ANSWER,
+    m.MsgType.OK: Kind.ANSWER,
+    m.MsgType.HAVE_UPDATE: Kind.PUSH,
+    m.MsgType.BYE: Kind.BYE,
+    m.MsgType.CONTROL: Kind.CONTROL,
+    m.MsgType.CONTROL_EVENT: Kind.CONTROL,
+}
+
+# Rule 1 (after h11's _state.py): every transition of the state machine is in these
+# two tables, by state and kind of message, to the state it leads to.  What is
+# missing is refused.  The encrypted handshake adds its states here.
+_OPEN_TRAFFIC = {
+    Kind.REQUEST: State.OPEN,
+    Kind.CANCEL: State.OPEN,
+    Kind.ANSWER: State.OPEN,
+    Kind.PUSH: State.OPEN,
+    Kind.BYE: State.CLOSED,
+}
+#: What the peer may send us.
+RECEIVE: dict[State, dict[Kind, State]] = {
+    State.IDLE: {},
+    State.AWAIT_HELLO: {Kind.HELLO: State.OPEN},
+    State.OPEN: _OPEN_TRAFFIC,
+    State.CLOSED: {},
+    State.BROKEN: {},
+}
+#: What we may send the peer.
+SEND: dict[State, dict[Kind, State]] = {
+    State.IDLE: {Kind.HELLO: State.AWAIT_HELLO},
+    State.AWAIT_HELLO: {},
+    State.OPEN: _OPEN_TRAFFIC,
+    State.CLOSED: {},
+    State.BROKEN: {},
+}
+#: Kinds that :meth:`Session.send` leaves to the method that keeps their books.
+_SENT_BY = {Kind.HELLO: "start()", Kind.REQUEST: "start_request()", Kind.CANCEL: "cancel()"}
+
+
+# --- the record layer ----------------------------------------------------------------------
+
+
+class RecordCodec(Protocol):
+    """The layer every byte of a session passes through, both ways.
+
+    Incoming, it sits behind the socket's buffer (``get_buffer`` then
+    ``buffer_updated``, as in :class:`asyncio.BufferedProtocol`) and yields
+    whole frames; outgoing, it turns a frame's head (prefix and header) and
+    body into what goes on the wire.  ``raw_bodies`` says a body may follow
+    its head untouched, so a file can go out by ``sendfile``; a codec that
+    encrypts says no.
+    """
+
+    @property
+    def raw_bodies(self) -> bool: ...
+
+    def get_buffer(self) -> memoryview: ...
+
+    def buffer_updated(self, nbytes: int) -> None: ...
+
+    def next_frame(self) -> Frame | None: ...
+
+    def seal(self, head: bytes, body: Body) -> Wire: ...
+
+
+class PlainCodec(FrameDecoder):
+    """Frames as they are: the plaintext record layer is the frame decoder itself.
+
+    It is one (not a wrapper around one) so that the receive path, run for
+    every read from the socket, costs no extra call.  ``alloc`` gives large
+    bodies their buffer: a pool, so that they are recycled.
+    """
+
+    raw_bodies = True
+
+    def seal(self, head: bytes, body: Body) -> Wire:
+        return (head, body) if body else (head,)
+
+
+# --- the session ----------------------------------------------------------------------------
+
+
+class Session:
+    """One peer connection's protocol state, driven by bytes in and messages out."""
+
+    def __init__(
+        self,
+        hello: m.Hello,
+        serves_requests: bool,
+        max_incoming: int = MAX_INCOMING_REQUESTS,
+        codec: RecordCodec | None = None,
+    ) -> None:
+        self.hello = hello
+        #: Whether the peer may send us requests; a link that only fetches refuses them.
+        self.serves_requests = serves_requests
+        self.max_incoming = max_incoming
+        self.codec: RecordCodec = codec if codec is not None else PlainCodec()
+        #: The peer's HELLO, once the handshake is done.
+        self.peer_hello: m.Hello | None = None
+        self._state = State.IDLE
+        self._outstanding: set[int] = set()
+        self._last_id = 0
+        self._incoming = 0
+        #: A violation the codec found; raised once the frames before it are read.
+        self._error: RemoteProtocolError | None = None
+        #: False once nothing more is read (terminal): incoming bytes then go to ``_sink``.
+        self._reading = True
+        self._sink: bytearray | None = None
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def incoming(self) -> int:
+        """The peer's requests handed out as events and not yet :meth:`incoming_done`."""
+        return self._incoming
+
+    @property
+    def outstanding(self) -> frozenset[int]:
+        """Ids of our requests that await an answer."""
+        return frozenset(self._outstanding)
+
+    # -- opening and closing ---------------------------------------------------------
+    def start(self) -> Wire:
+        """What opens the connection (our HELLO); both sides send it at once."""
+        return self.codec.seal(self._head(self.hello, 0), b"")
+
+    def close(self) -> None:
+        """We are done: nothing more is sent, and whatever still arrives is dropped."""
+        if self._state is not State.BROKEN:
+            self._enter(State.CLOSED)
+
+    def _enter(self, state: State) -> None:
+        self._state = state
+        self._reading = state not in (State.CLOSED, State.BROKEN) and self._error is None
+
+    # -- receiving ------------------------------------------------------------------------
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the next bytes from the peer go (then call :meth:`buffer_updated`)."""
+        if self._reading:
+            return self.codec.get_buffer()
+        if self._sink is None:
+            self._sink = bytearray(_SINK_SIZE)
+        return memoryview(self._sink)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` arrived in the last buffer from :meth:`get_buffer`; never raises."""
+        if not self._reading:
+            return  # they went to the sink
+        try:
+            self.codec.buffer_updated(nbytes)
+        except RemoteProtocolError as err:
+            # The frames before the bad one still count; the error comes after them.
+            self._error = err
+            self._reading = False
+
+    def receive_data(self, data: Body) -> None:
+        """Copy ``data`` in: any length, any split.  Never raises."""
+        view = memoryview(data).cast("B")
+        while view:
+            buf = self.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            self.buffer_updated(n)
+            view = view[n:]
+
+    def next_event(self) -> Event | None:
+        """What the peer did next, or ``None`` until more bytes arrive (or ever, once closed).
+
+        Raises :class:`RemoteProtocolError` when the peer broke a rule, and
+        again on every later call: the session is ``BROKEN``.  Answers to
+        requests we are not waiting for (cancelled, or never made) are dropped.
+        """
+        while True:
+            state = self._state
+            if state is not State.OPEN and state is not State.AWAIT_HELLO:
+                if state is State.BROKEN:
+                    raise RemoteProtocolError("the peer broke the protocol") from self._error
+                if state is State.IDLE:
+                    raise LocalProtocolError("start() the session before reading its events")
+                return None
+            frame = self.codec.next_frame()
+            if frame is None:
+                if self._error is not None:
+                    self._enter(State.BROKEN)
+                    raise self._error
+                return None
+            try:
+                event = self._receive(m.decode(frame.header, frame.body), frame.body)
+            except RemoteProtocolError as err:
+                self._error = err
+                self._enter(State.BROKEN)
+                raise
+            if event is not None:
+                return event
+
+    def _receive(self, msg: m.Message, body: Buffer) -> Event | None:
+        after = RECEIVE[self._state].get(KINDS[msg.TYPE])
+        if after is None:
+            raise RemoteProtocolError(self._refusal(msg))
+        event: Event | None
+        match msg:
+            case m.Data() | m.NotFound() | m.Error() | m.Have() | m.Ok():
+                if msg.req not in self._outstanding:
+                    return None  # we cancelled it, or never asked: not the peer's fault
+                self._outstanding.discard(msg.req)
+                event = Response(msg, body)
+            case m.GetManifest() | m.GetChunk() | m.GetHave() | m.PutManifest() | m.PutChunk():
+                self._check_serving()
+                if self._incoming >= self.max_incoming:
+                    raise RemoteProtocolError("too many outstanding requests")
+                self._incoming += 1
+                event = Request(msg, body)
+            case m.Cancel():
+                self._check_serving()
+                event = CancelRequest(msg)
+            case m.HaveUpdate():
+                event = HaveUpdated(msg)
+            case m.Bye():
+                event = PeerLeaving(msg.reason)
+            case m.Hello():
+                if msg.version != PROTOCOL_VERSION:
+                    raise RemoteProtocolError(f"unsupported protocol version {msg.version}")
+                self.peer_hello = msg
+                event = HandshakeDone(msg)
+            case _:  # pragma: no cover - RECEIVE refuses every other kind
+                raise RemoteProtocolError(self._refusal(msg))
+        if after is not self._state:
+            self._enter(after)
+        return event
+
+    def _refusal(self, msg: m.Message) -> str:
+        name = type(msg).__name__
+        if self._state is State.AWAIT_HELLO:
+            return f"expected HELLO, got {name}"
+        if isinstance(msg, m.Hello):
+            return "second HELLO"
+        return f"{name} is not a peer message"
+
+    def _check_serving(self) -> None:
+        if not self.serves_requests:
+            raise RemoteProtocolError("requests are not accepted on this connection")
+
+    # -- sending ----------------------------------------------------------------------------
+    def send(self, msg: m.Message, body: Body = b"") -> Wire:
+        """What to write for ``msg`` (an answer, HAVE_UPDATE or BYE); ``body`` is not copied."""
+        via = _SENT_BY.get(KINDS[msg.TYPE])
+        if via is not None:
+            raise LocalProtocolError(f"{type(msg).__name__} is sent with {via}")
+        body = body or m.payload(msg)
+        return self.codec.seal(self._head(msg, len(body)), body)
+
+    def send_prefix(self, msg: m.Message, body_len: int) -> Wire:
+        """What to write before a body of ``body_len`` bytes that the caller writes raw.
+
+        For ``sendfile``: the kernel copies file to socket, so only a codec
+        that passes bodies through unchanged allows it.
+        """
+        if not self.codec.raw_bodies:
+            raise LocalProtocolError("this link seals its bodies: pass the body to send()")
+        via = _SENT_BY.get(KINDS[msg.TYPE])
+        if via is not None:
+            raise LocalProtocolError(f"{type(msg).__name__} is sent with {via}")
+        return self.codec.seal(self._head(msg, body_len), b"")
+
+    def next_id(self) -> int:
+        """A request id that is not outstanding (they count up from 1 and wrap around)."""
+        rid = (self._last_id + 1) & m.MAX_REQ_ID
+        while rid in self._outstanding:
+            rid = (rid + 1) & m.MAX_REQ_ID
+        self._last_id = rid
+        return rid
+
+    def start_request(self, msg: m.Message, body: Body = b"") -> Wire:
+        """What to write for request ``msg``; its answer becomes a :class:`Response` event."""
+        if not isinstance(msg, _REQUESTS):
+            raise LocalProtocolError(f"{type(msg).__name__} is not a request")
+        if msg.req in self._outstanding:
+            raise LocalProtocolError(f"request id {msg.req} is already outstanding")
+        body = body or m.payload(msg)
+        wire = self.codec.seal(self._head(msg, len(body)), body)
+        self._outstanding.add(msg.req)
+        return wire
+
+    def cancel(self, req: int) -> Wire:
+        """Stop waiting for ``req``: the CANCEL to write, or nothing when there is no one to tell.
+
+        Its answer, should it come anyway, is dropped.
+        """
+        if req not in self._outstanding:
+            return ()
+        self._outstanding.discard(req)
+        if self._state is not State.OPEN:
+            return ()
+        return self.codec.seal(self._head(m.Cancel(req), 0), b"")
+
+    def incoming_done(self) -> None:
+        """One of the peer's requests is answered or dropped: it no longer counts to the cap."""
+        if not self._incoming:
+            raise LocalProtocolError("more requests settled than the peer sent")
+        self._incoming -= 1
+
+    def _head(self, msg: m.Message, body_len: int) -> bytes:
+        after = SEND[self._state].get(KINDS[msg.TYPE])
+        if after is None:
+            raise LocalProtocolError(
+                f"cannot send {type(msg).__name__} while the session is {self._state.value}"
+            )
+        head = encode_prefix(m.encode(msg), body_len)
+        if after is not self._state:
+            self._enter(after)
+        return head
+
+
+__all__ = [
+    "MAX_INCOMING_REQUESTS",
+    "AnswerMessage",
+    "Body",
+    "CancelRequest",
+    "Event",
+    "HandshakeDone",
+    "HaveUpdated",
+    "Kind",
+    "PeerLeaving",
+    "PlainCodec",
+    "RecordCodec",
+    "Request",
+    "RequestMessage",
+    "Response",
+    "Session",
+    "State",
+    "Wire",
+]
