@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 
 from dhtshare.cli.render import Progress, error_line
-from dhtshare.errors import ConfigError, DhtshareError, NodeNotRunning
+from dhtshare.errors import ConfigError, DhtshareError, NodeNotRunning, os_error
 
 if TYPE_CHECKING:
     import asyncio
@@ -60,6 +60,10 @@ def guard(fn: Callable[[], T]) -> T:
         return fn()
     except DhtshareError as err:
         fail(str(err), err.exit_code)
+    except OSError as err:
+        # A boundary that forgot to translate: still one line, never a traceback.
+        log.debug("untranslated OSError", exc_info=True)
+        fail(str(os_error(err, "access")), 1)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     raise AssertionError("unreachable")  # pragma: no cover

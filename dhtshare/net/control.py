@@ -19,7 +19,7 @@ from typing import Any
 
 from dhtshare.core import messages as m
 from dhtshare.core.framing import FrameDecoder, encode_frame
-from dhtshare.errors import DhtshareError, RemoteProtocolError
+from dhtshare.errors import DhtshareError, RemoteProtocolError, os_error
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,11 @@ class ControlServer:
             event = m.ControlEvent(
                 msg.req, "error", {"message": str(err), "exit_code": err.exit_code}
             )
+        except OSError as err:
+            # A boundary that forgot to translate: the user still gets a clear line.
+            log.warning("control operation %s failed", msg.op, exc_info=True)
+            user = os_error(err, "access")
+            event = m.ControlEvent(msg.req, "error", {"message": str(user), "exit_code": 1})
         except Exception as err:
             log.exception("control operation %s failed", msg.op)
             event = m.ControlEvent(msg.req, "error", {"message": f"internal error: {err}"})
