@@ -111,6 +111,72 @@ class PublishResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class StatusResult:
+    node_id: str
+    host: str
+    port: int
+    state: str
+    join_error: str | None
+    uptime: float
+    contacts: int
+    contacts_answered_recently: int
+    routing_table: list[Json]
+    content: list[Json]
+    replica_bytes: int
+    max_storage: int
+    bytes_served: int
+    bytes_stored: int
+
+    def to_json(self) -> Json:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HoldersResult:
+    hash: str
+    name: str
+    chunks: int
+    holders: list[Json]
+    durable_copies_min: int
+    durable_copies: list[int]
+
+    def to_json(self) -> Json:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PinResult:
+    hash: str
+    name: str
+    size: int
+    pinned: bool
+    replicas: int
+
+    def to_json(self) -> Json:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class UnpinResult:
+    hash: str
+    pinned: bool
+    handed_off: int
+
+    def to_json(self) -> Json:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    hash: str
+    removed: bool
+    path: str
+
+    def to_json(self) -> Json:
+        return asdict(self)
+
+
 class Operations:
     """The node's operations; ``handlers`` serves them on the control socket."""
 
@@ -125,19 +191,19 @@ class Operations:
             return (await self.fetch(FetchArgs.from_wire(a), emit)).to_json()
 
         async def status(a: Json, emit: Emit) -> Json:
-            return self.status()
+            return self.status().to_json()
 
         async def holders(a: Json, emit: Emit) -> Json:
-            return await self.holders(HashArgs.from_wire(a), emit)
+            return (await self.holders(HashArgs.from_wire(a), emit)).to_json()
 
         async def pin(a: Json, emit: Emit) -> Json:
-            return await self.pin(PinArgs.from_wire(a), emit)
+            return (await self.pin(PinArgs.from_wire(a), emit)).to_json()
 
         async def unpin(a: Json, emit: Emit) -> Json:
-            return await self.unpin(HashArgs.from_wire(a), emit)
+            return (await self.unpin(HashArgs.from_wire(a), emit)).to_json()
 
         async def remove(a: Json, emit: Emit) -> Json:
-            return await self.remove(HashArgs.from_wire(a), emit)
+            return (await self.remove(HashArgs.from_wire(a), emit)).to_json()
 
         return {"publish": publish, "fetch": fetch, "status": status, "holders": holders,
                 "pin": pin, "unpin": unpin, "remove": remove}
@@ -215,36 +281,36 @@ class Operations:
         return result
 
     # -- looking inside --------------------------------------------------------------------
-    def status(self) -> Json:
+    def status(self) -> StatusResult:
         node = self.node
         dht, store, upkeep = node.dht, node.store, node.upkeep
-        return {
-            "node_id": node.node_id.hex(),
-            "host": node.config.host,
-            "port": node.port,
-            "state": upkeep.state,
-            "join_error": str(upkeep.join_error) if upkeep.join_error is not None else None,
-            "uptime": round(time.monotonic() - node.started_at, 3),
-            "contacts": len(dht.contacts()),
-            "contacts_answered_recently": dht.answered_within(RECENT_CONTACT),
-            "routing_table": [
+        return StatusResult(
+            node_id=node.node_id.hex(),
+            host=node.config.host,
+            port=node.port,
+            state=upkeep.state,
+            join_error=str(upkeep.join_error) if upkeep.join_error is not None else None,
+            uptime=round(time.monotonic() - node.started_at, 3),
+            contacts=len(dht.contacts()),
+            contacts_answered_recently=dht.answered_within(RECENT_CONTACT),
+            routing_table=[
                 {"node_id": nid.hex(), "address": f"{ip}:{port}", "seen_ago": round(ago, 1)}
                 for nid, ip, port, ago in dht.table()
             ],
-            "content": [
+            content=[
                 {"hash": h.hex(), "name": e.manifest.name, "size": e.manifest.size,
                  "kind": e.kind, "durable": e.durable, "replicas": e.replicas,
                  "complete": e.complete, "chunks": e.manifest.chunk_count,
                  "chunks_held": e.held_count(), "path": str(e.path)}
                 for h, e in store.entries.items()
             ],
-            "replica_bytes": store.replica_bytes(),
-            "max_storage": store.max_storage,
-            "bytes_served": node.server.bytes_served,
-            "bytes_stored": node.server.bytes_stored,
-        }
+            replica_bytes=store.replica_bytes(),
+            max_storage=store.max_storage,
+            bytes_served=node.server.bytes_served,
+            bytes_stored=node.server.bytes_stored,
+        )
 
-    async def holders(self, args: HashArgs, emit: Emit) -> Json:
+    async def holders(self, args: HashArgs, emit: Emit) -> HoldersResult:
         """Who holds which chunks of a file, asked of every provider directly."""
         node, h = self.node, args.hash
         await node.upkeep.wait_joined(emit)
@@ -252,11 +318,11 @@ class Operations:
         holders = await node.replicator.survey_hash(manifest, node.store.get(h))
         counts = holders_per_chunk(holders, manifest.chunk_count)
         me = f"{node.config.advertise or node.config.host}:{node.port}"
-        return {
-            "hash": h.hex(),
-            "name": manifest.name,
-            "chunks": manifest.chunk_count,
-            "holders": [
+        return HoldersResult(
+            hash=h.hex(),
+            name=manifest.name,
+            chunks=manifest.chunk_count,
+            holders=[
                 {"node_id": x.node_id.hex(),
                  "address": me if x.node_id == node.node_id else f"{x.address[0]}:{x.address[1]}",
                  "self": x.node_id == node.node_id,
@@ -264,12 +330,12 @@ class Operations:
                  "chunks_held": manifest.chunk_count if x.held is None else len(x.held)}
                 for x in holders
             ],
-            "durable_copies_min": min(counts) if counts else 0,
-            "durable_copies": counts if len(counts) <= 4096 else [],
-        }
+            durable_copies_min=min(counts) if counts else 0,
+            durable_copies=counts if len(counts) <= 4096 else [],
+        )
 
     # -- keeping copies --------------------------------------------------------------------
-    async def pin(self, args: PinArgs, emit: Emit) -> Json:
+    async def pin(self, args: PinArgs, emit: Emit) -> PinResult:
         """Fetch a file into the replica store and keep it as a durable copy."""
         node, h = self.node, args.hash
         await node.upkeep.wait_joined(emit)
@@ -292,10 +358,9 @@ class Operations:
             entry.replicas = max(entry.replicas, args.replicas)
             node.store.save()
         await node.upkeep.announce(h)
-        return {"hash": h.hex(), "name": entry.manifest.name, "size": entry.manifest.size,
-                "pinned": True, "replicas": entry.replicas}
+        return PinResult(h.hex(), entry.manifest.name, entry.manifest.size, True, entry.replicas)
 
-    async def unpin(self, args: HashArgs, emit: Emit) -> Json:
+    async def unpin(self, args: HashArgs, emit: Emit) -> UnpinResult:
         """Hand this node's copy over to others, then drop it."""
         node, h = self.node, args.hash
         entry = node.store.get(h)
@@ -311,9 +376,9 @@ class Operations:
             )
         node.store.drop(h)
         await node.upkeep.withdraw(h)
-        return {"hash": h.hex(), "pinned": False, "handed_off": len(placement.placed)}
+        return UnpinResult(h.hex(), False, len(placement.placed))
 
-    async def remove(self, args: HashArgs, emit: Emit) -> Json:
+    async def remove(self, args: HashArgs, emit: Emit) -> RemoveResult | UnpinResult:
         """Stop sharing a file (a replica is handed off first; a user's file is kept)."""
         node, h = self.node, args.hash
         entry = node.store.get(h)
@@ -324,7 +389,19 @@ class Operations:
         await node.upkeep.wait_joined(emit)
         node.store.drop(h)
         await node.upkeep.withdraw(h)
-        return {"hash": h.hex(), "removed": True, "path": str(entry.path)}
+        return RemoveResult(h.hex(), True, str(entry.path))
 
 
-__all__ = ["FetchArgs", "HashArgs", "Operations", "PinArgs", "PublishArgs", "PublishResult"]
+__all__ = [
+    "FetchArgs",
+    "HashArgs",
+    "HoldersResult",
+    "Operations",
+    "PinArgs",
+    "PinResult",
+    "PublishArgs",
+    "PublishResult",
+    "RemoveResult",
+    "StatusResult",
+    "UnpinResult",
+]

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import TypeAlias
 
 from dhtshare.config import PROTOCOL_VERSION
 from dhtshare.core import messages as m
-from dhtshare.core.framing import Buffer, Frame, FrameDecoder, encode_prefix
+from dhtshare.core.framing import Buffer, encode_prefix
+from dhtshare.core.records import Body, PlainCodec, RecordCodec, Wire
 from dhtshare.errors import LocalProtocolError, RemoteProtocolError
 
 #: Requests a peer may have outstanding with us at once.
@@ -42,9 +43,6 @@ MAX_INCOMING_REQUESTS = 512
 #: Where bytes go once nothing more is read from a connection.
 _SINK_SIZE = 16 * 1024
 
-Body: TypeAlias = bytes | bytearray | memoryview
-#: What goes on the wire for one message, in order; a body is passed on as given.
-Wire: TypeAlias = tuple[Body, ...]
 RequestMessage: TypeAlias = m.GetManifest | m.GetChunk | m.GetHave | m.PutManifest | m.PutChunk
 AnswerMessage: TypeAlias = m.Data | m.NotFound | m.Error | m.Have | m.Ok
 _REQUESTS = (m.GetManifest, m.GetChunk, m.GetHave, m.PutManifest, m.PutChunk)
@@ -172,46 +170,6 @@ SEND: dict[State, dict[Kind, State]] = {
 }
 #: Kinds that :meth:`Session.send` leaves to the method that keeps their books.
 _SENT_BY = {Kind.HELLO: "start()", Kind.REQUEST: "start_request()", Kind.CANCEL: "cancel()"}
-
-
-# --- the record layer ----------------------------------------------------------------------
-
-
-class RecordCodec(Protocol):
-    """The layer every byte of a session passes through, both ways.
-
-    Incoming, it sits behind the socket's buffer (``get_buffer`` then
-    ``buffer_updated``, as in :class:`asyncio.BufferedProtocol`) and yields
-    whole frames; outgoing, it turns a frame's head (prefix and header) and
-    body into what goes on the wire.  ``raw_bodies`` says a body may follow
-    its head untouched, so a file can go out by ``sendfile``; a codec that
-    encrypts says no.
-    """
-
-    @property
-    def raw_bodies(self) -> bool: ...
-
-    def get_buffer(self) -> memoryview: ...
-
-    def buffer_updated(self, nbytes: int) -> None: ...
-
-    def next_frame(self) -> Frame | None: ...
-
-    def seal(self, head: bytes, body: Body) -> Wire: ...
-
-
-class PlainCodec(FrameDecoder):
-    """Frames as they are: the plaintext record layer is the frame decoder itself.
-
-    It is one (not a wrapper around one) so that the receive path, run for
-    every read from the socket, costs no extra call.  ``alloc`` gives large
-    bodies their buffer: a pool, so that they are recycled.
-    """
-
-    raw_bodies = True
-
-    def seal(self, head: bytes, body: Body) -> Wire:
-        return (head, body) if body else (head,)
 
 
 # --- the session ----------------------------------------------------------------------------
