@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dhtshare.config import MAX_CHUNKS, MAX_FILE_SIZE, MIB
 from dhtshare.core.manifest import Manifest, check_chunk_size, check_name, chunk_count
-from dhtshare.errors import ConfigError, StorageError
+from dhtshare.errors import ConfigError, StorageError, os_error
 
 #: Bytes read per block when hashing: large blocks keep Python overhead low even
 #: at 512-byte chunks.
@@ -78,7 +78,7 @@ def hash_file(
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
-        raise StorageError(f"cannot read {path}: {err.strerror or err}") from err
+        raise os_error(err, "read", path) from err
     try:
         size = os.fstat(fd).st_size
         if size > MAX_FILE_SIZE or chunk_count(size, chunk_size) > MAX_CHUNKS:
@@ -100,7 +100,7 @@ def hash_file(
         if os.fstat(fd).st_size != size:
             raise StorageError(f"{path} changed size while it was being read")
     except OSError as err:
-        raise StorageError(f"cannot read {path}: {err.strerror or err}") from err
+        raise os_error(err, "read", path) from err
     finally:
         os.close(fd)
     if progress and not size:

@@ -32,7 +32,7 @@ import msgpack
 from dhtshare.core.ids import ManifestHash, short
 from dhtshare.core.manifest import Manifest
 from dhtshare.disk.chunkfile import ChunkFile, journal_path
-from dhtshare.errors import StorageError, StorageFull
+from dhtshare.errors import StorageError, StorageFull, os_error
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class ContentStore:
             stat = _stat_key(path)
             self.save_manifest(manifest)
         except OSError as err:
-            raise StorageError(f"cannot register {path}: {err.strerror or err}") from err
+            raise os_error(err, "register", path) from err
         old = self.entries.get(manifest.hash)
         if old is not None and old.durable:
             return old
@@ -273,7 +273,7 @@ class ContentStore:
             dst = tmp_dir / f"{os.getpid()}-{time.monotonic_ns()}"
             shutil.copyfile(src, dst)
         except OSError as err:
-            raise StorageError(f"cannot copy {src} into {self.data_dir}: {err.strerror}") from err
+            raise os_error(err, f"copy {src} into", self.data_dir) from err
         return dst
 
     def place_copy(self, tmp: Path, manifest: Manifest) -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 from dhtshare.core.manifest import Manifest
 from dhtshare.core.picker import Picker
 from dhtshare.disk.chunkfile import ChunkFile
-from dhtshare.errors import ConfigError, StorageError
+from dhtshare.errors import ConfigError, os_error
 from dhtshare.transfer.local import copy_held
 from dhtshare.transfer.manifest_source import PeerBook, ProviderSource
 from dhtshare.transfer.services import FetchServices, Progress
@@ -68,9 +68,9 @@ async def download(
                     raise dl.fatal
                 await in_thread(functools.partial(cf.finish, target))
             except OSError as err:
-                raise StorageError(
-                    f"writing {part} failed: {err.strerror or err}; "
-                    f"{dl.held_count} verified chunks are kept there"
+                user = os_error(err, "write", part)
+                raise type(user)(
+                    f"{user}; {dl.held_count} verified chunks are kept there"
                 ) from err
             finally:
                 for conn, req in list(dl.requests.values()):

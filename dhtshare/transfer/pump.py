@@ -18,7 +18,7 @@ from dhtshare.config import KIB
 from dhtshare.core import messages as m
 from dhtshare.core.framing import Buffer
 from dhtshare.disk.buffers import POOL
-from dhtshare.errors import PeerError, StorageError
+from dhtshare.errors import PeerError, os_error
 from dhtshare.net.transport import Connection, Reply
 from dhtshare.transfer.events import (
     ChunkRejected,
@@ -140,10 +140,8 @@ class Pump:
                 inflight.pop(req, None)
                 if not isinstance(error, OSError):
                     raise error
-                dl.fail(StorageError(
-                    f"cannot write {dl.entry.path}: {error.strerror or error}; "
-                    f"{dl.held_count} verified chunks are kept there"
-                ))
+                user = os_error(error, "write", dl.entry.path)
+                dl.fail(type(user)(f"{user}; {dl.held_count} verified chunks are kept there"))
         return True
 
     def _on_reply(self, event: ChunkReply) -> None:
