@@ -22,7 +22,9 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -43,6 +45,8 @@ STAT_INTERVAL = 2.0
 DISK_RESERVE = 64 * 1024 * 1024
 
 Kind = Literal["published", "fetched", "replica"]
+#: Guards every entry's reader count (held for a few instructions at a time).
+_READERS = threading.Lock()
 
 
 @dataclass
@@ -63,6 +67,9 @@ class Entry:
     _file: BinaryIO | None = field(default=None, repr=False)
     _checked: float = field(default=0.0, repr=False)
     valid: bool = True
+    #: Reads and sendfiles under way (see :meth:`reading`), and whether close waits on them.
+    _readers: int = field(default=0, repr=False)
+    _closing: bool = field(default=False, repr=False)
 
     @property
     def durable(self) -> bool:
@@ -90,19 +97,51 @@ class Entry:
             return self.manifest.size
         return sum(self.manifest.chunk_length(i) for i in self.held_indices())
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Keep the read descriptors open while a read or a sendfile uses them.
+
+        ``close`` may come from the event loop (a download finished, a file
+        was removed) while a worker thread preads or the kernel sendfiles
+        from our descriptor; closing it then would let the read go to
+        whatever file gets that descriptor number next, and an honest node
+        would send a chunk that fails verification.  So the last reader out
+        closes, and a reader that arrives after ``close`` is refused.
+        """
+        with _READERS:
+            if self._closing:
+                raise StorageError(f"{self.path} is no longer served")
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with _READERS:
+                self._readers -= 1
+                last = self._closing and self._readers == 0
+            if last:
+                self._close_now()
+
     def fd(self) -> int:
-        """An open read-only descriptor on the content file (opened once)."""
+        """A read-only descriptor on the content file (opened once; use in :meth:`reading`)."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         return self._fd
 
     def file(self) -> BinaryIO:
-        """An open, unbuffered file object on the content (for sendfile; opened once)."""
+        """An unbuffered file object on the content, for sendfile (use in :meth:`reading`)."""
         if self._file is None:
             self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
         return self._file
 
     def close(self) -> None:
+        """Stop serving: close now, or when the last read under way is done."""
+        with _READERS:
+            self._closing = True
+            if self._readers:
+                return
+        self._close_now()
+
+    def _close_now(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -133,7 +172,8 @@ class Entry:
     def read_chunk(self, index: int) -> bytes:
         m = self.manifest
         length = m.chunk_length(index)
-        data = os.pread(self.fd(), length, m.chunk_offset(index))
+        with self.reading():
+            data = os.pread(self.fd(), length, m.chunk_offset(index))
         if len(data) != length:
             raise StorageError(f"{self.path} is shorter than its manifest says")
         return data

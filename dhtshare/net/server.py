@@ -187,12 +187,14 @@ class ChunkServer:
         length = entry.manifest.chunk_length(index)
         try:
             if length > INLINE_READ:
-                # Large chunks go kernel to socket, never through Python.
+                # Large chunks go kernel to socket, never through Python; the
+                # descriptor stays open until the kernel is done with it.
                 offset = entry.manifest.chunk_offset(index)
-                file = entry.file()
-                if os.fstat(file.fileno()).st_size < offset + length:
-                    raise StorageError(f"{entry.path} is shorter than its manifest says")
-                await conn.send_file(m.Data(req), file, offset, length)
+                with entry.reading():
+                    file = entry.file()
+                    if os.fstat(file.fileno()).st_size < offset + length:
+                        raise StorageError(f"{entry.path} is shorter than its manifest says")
+                    await conn.send_file(m.Data(req), file, offset, length)
                 self.bytes_served += length
                 return
             data = entry.read_chunk(index)
