@@ -340,20 +340,43 @@ class ContentStore:
                 raise StorageFull(f"the disk of {self.data_dir} is nearly full")
 
     def open_replica(self, manifest: Manifest, replicas: int) -> Entry:
-        """Start (or keep) a durable copy of ``manifest``, filled chunk by chunk.
+        """Start (or keep) a durable copy of ``manifest``, to be filled chunk by chunk.
 
-        A node that already holds the whole file as a user file copies it into
-        the replica store, so the durable copy does not depend on a user's file.
+        For a file held whole as a user's file, use :meth:`copy_into_replica`
+        instead: replacing it with an empty replica would stop serving it.
         """
         old = self.entries.get(manifest.hash)
         if old is not None and old.durable:
             old.replicas = max(old.replicas, replicas)
             self.save()
             return old
-        self.save_manifest(manifest)
         self.replica_dir.mkdir(parents=True, exist_ok=True)
         cf = ChunkFile.open(self.replica_path(manifest.hash), manifest, preallocate=False)
+        return self.install_replica(cf, replicas)
+
+    def copy_into_replica(self, src: Entry) -> ChunkFile:
+        """A durable copy of a user's complete file, copied and verified chunk by chunk.
+
+        Blocking (run it in a thread); the store is not changed until
+        :meth:`install_replica`, so the user's copy is served meanwhile.
+        """
+        self.replica_dir.mkdir(parents=True, exist_ok=True)
+        cf = ChunkFile.open(self.replica_path(src.manifest.hash), src.manifest)
+        try:
+            for i in range(src.manifest.chunk_count):
+                if not cf.held[i] and not cf.write_verified(i, src.read_chunk(i)):
+                    raise StorageError(f"{src.path} no longer matches what was published")
+        except BaseException:
+            cf.close()
+            raise
+        return cf
+
+    def install_replica(self, cf: ChunkFile, replicas: int) -> Entry:
+        """Hold the durable copy filled in ``cf`` in place of whatever was held."""
+        manifest = cf.manifest
+        self.save_manifest(manifest)
         entry = Entry(manifest, cf.path, cf.held, None, "replica", replicas, cf)
+        old = self.entries.get(manifest.hash)
         if old is not None:
             old.close()
         self.entries[manifest.hash] = entry

@@ -217,9 +217,16 @@ class ChunkServer:
             conn.send(m.Error(req, m.ErrorCode.BUSY, "a download of it is in progress"))
             return
         try:
-            if entry is None or not entry.complete:
-                self.store.check_room(min(manifest.size, manifest.chunk_size))
-            self.store.open_replica(manifest, msg.replicas)
+            if entry is not None and entry.complete and not entry.durable:
+                # A user's copy: the durable one must not depend on it (the user
+                # may delete it), so copy it, verified, and serve it meanwhile.
+                self.store.check_room(manifest.size)
+                cf = await asyncio.to_thread(self.store.copy_into_replica, entry)
+                self.store.install_replica(cf, msg.replicas)
+            else:
+                if entry is None or not entry.complete:
+                    self.store.check_room(min(manifest.size, manifest.chunk_size))
+                self.store.open_replica(manifest, msg.replicas)
         except StorageFull as err:
             conn.send(m.Error(req, m.ErrorCode.FULL, str(err)))
             return
