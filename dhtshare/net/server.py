@@ -46,6 +46,9 @@ class _Queue:
 
     def __init__(self) -> None:
         self.items: deque[tuple[m.Message, Buffer]] = deque()
+        #: Ids of the requests waiting in ``items``; only those can be cancelled,
+        #: so a peer sending CANCELs for made-up ids costs us nothing.
+        self.queued: set[int] = set()
         self.cancelled: set[int] = set()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -111,13 +114,15 @@ class ChunkServer:
             q = self._queues[conn] = _Queue()
             q.task = asyncio.get_running_loop().create_task(self._serve(conn, q))
         if isinstance(msg, m.Cancel):
-            q.cancelled.add(msg.req)
+            if msg.req in q.queued:
+                q.cancelled.add(msg.req)
             return
         q.queued_bytes += len(body)
         if q.queued_bytes > MAX_QUEUED_BYTES:
             conn.abort("pushed more data than it waited for")
             return
         q.items.append((msg, body))
+        q.queued.add(getattr(msg, "req", -1))
         q.wakeup.set()
 
     def closed(self, conn: Connection) -> None:
@@ -139,6 +144,7 @@ class ChunkServer:
                 conn.session.incoming_done()
                 q.queued_bytes -= len(body)
                 req = getattr(msg, "req", -1)
+                q.queued.discard(req)
                 if req in q.cancelled:
                     q.cancelled.discard(req)
                     continue

@@ -1,8 +1,9 @@
-"""A replica pushed to a node that already holds the file whole as a user's file.
+"""Two ways the chunk server used to misbehave, each closed.
 
-Repair may pick such a node.  It used to swap the user's complete copy for an
-empty replica, so the node stopped serving the file until every chunk was
-pushed again; now it copies its own file into the durable copy, verified.
+A replica pushed to a node that already holds the file whole as a user's file
+swapped that copy for an empty replica; now it is copied, verified.  CANCELs
+for requests that were never queued were remembered forever; now they cost
+nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from dhtshare.config import Config
 from dhtshare.core import messages as m
+from dhtshare.core.framing import encode_frame
 from dhtshare.core.ids import parse_manifest_hash
 from dhtshare.disk.hashing import sha256_file
 from dhtshare.net.transport import connect, make_hello
@@ -48,3 +50,22 @@ async def test_push_onto_a_user_copy_keeps_it_whole(tmp_path: Path) -> None:
         assert entry.path != src and sha256_file(entry.path) == sha256_file(src)
         src.unlink()  # the user's file may go: the durable copy does not depend on it
         assert entry.read_chunk(3) == data[3 * CHUNK : 4 * CHUNK]
+
+
+async def test_cancels_for_unknown_requests_cost_nothing(tmp_path: Path) -> None:
+    """CANCEL does not count against the request cap, so it must not be remembered."""
+    async with Node.open(Config(data_dir=tmp_path / "n", host=LOOPBACK)) as node:
+        conn = await connect(LOOPBACK, node.port, make_hello(os.urandom(20), 1), None, 10)
+        try:
+            assert conn.transport is not None
+            # A hostile peer, so the frames go around our own session's rules.
+            conn.transport.write(b"".join(encode_frame(m.encode(m.Cancel(i)))
+                                          for i in range(20_000)))
+            await conn.drain()
+            have = conn.next_id()  # a request behind them: all were read when it is answered
+            reply, _ = await conn.request(m.GetManifest(have, os.urandom(32)), have, 10)
+            assert isinstance(reply, m.NotFound)
+            queues = [q for c, q in node.server._queues.items() if c.peer_hello is not None]
+            assert queues and all(len(q.cancelled) == 0 for q in queues)
+        finally:
+            conn.close()
