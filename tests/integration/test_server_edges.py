@@ -45,9 +45,12 @@ async def test_push_onto_a_user_copy_keeps_it_whole(tmp_path: Path) -> None:
         finally:
             conn.close()
         entry = holder.store.entries[h]
-        assert entry.durable and entry.complete
-        assert have.complete and have.durable  # served whole all along, now as a durable copy
-        assert entry.path != src and sha256_file(entry.path) == sha256_file(src)
+        assert entry.durable
+        assert entry.complete
+        assert have.complete
+        assert have.durable
+        assert entry.path != src
+        assert sha256_file(entry.path) == sha256_file(src)
         src.unlink()  # the user's file may go: the durable copy does not depend on it
         assert entry.read_chunk(3) == data[3 * CHUNK : 4 * CHUNK]
 
@@ -66,6 +69,7 @@ async def test_cancels_for_unknown_requests_cost_nothing(tmp_path: Path) -> None
             reply, _ = await conn.request(m.GetManifest(have, os.urandom(32)), have, 10)
             assert isinstance(reply, m.NotFound)
             queues = [q for c, q in node.server._queues.items() if c.peer_hello is not None]
-            assert queues and all(len(q.cancelled) == 0 for q in queues)
+            assert queues
+            assert all(len(q.cancelled) == 0 for q in queues)
         finally:
             conn.close()

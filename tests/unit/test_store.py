@@ -34,7 +34,7 @@ def test_close_waits_for_the_read_under_way(tmp_path: Path) -> None:
         entry.close()  # a download finished, a user removed the file...
         # ...while the kernel still reads through the descriptor: it stays open.
         assert os.pread(fd, CHUNK, CHUNK) == data[CHUNK : 2 * CHUNK]
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)  # the last reader out closed it
     store.close()
 
@@ -56,7 +56,8 @@ def test_reads_racing_a_close_never_see_another_file(tmp_path: Path) -> None:
         wrong: list[int] = []
         stop = threading.Event()
 
-        def reader(entry: Entry = entry, data: bytes = data) -> None:
+        def reader(entry: Entry = entry, data: bytes = data, stop: threading.Event = stop,
+                   wrong: list[int] = wrong) -> None:
             i = 0
             while not stop.is_set():
                 idx = i % 16
