@@ -18,8 +18,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from dhtshare.config import Config
+from dhtshare.core.bitfield import bitfield_from_indices
 from dhtshare.core.ids import short
-from dhtshare.core.messages import bitfield_from_indices
 from dhtshare.core.providers import MAX_DHT_BITFIELD, Announcement
 from dhtshare.disk.datadir import DataDir
 from dhtshare.disk.store import ContentStore

@@ -17,13 +17,14 @@ from typing import Any, ClassVar, TypeAlias
 
 import msgpack
 
-from dhtshare.config import MAX_CHUNKS, MAX_HEADER_SIZE
+from dhtshare.config import MAX_CHUNKS
+from dhtshare.core.fields import MAX_REQ_ID as MAX_REQ_ID
+from dhtshare.core.fields import MAX_TEXT as MAX_TEXT
+from dhtshare.core.fields import arity, hash32, int_in, raw_bytes, req_id, str_map, text
 from dhtshare.core.framing import Buffer
 from dhtshare.core.ids import HASH_LEN, NODE_ID_LEN
 from dhtshare.errors import RemoteProtocolError
 
-MAX_REQ_ID = 2**32 - 1
-MAX_TEXT = 4096
 #: HAVE updates are batched; one message names at most this many chunks.
 MAX_HAVE_BATCH = 4096
 MAX_REPLICAS = 64
@@ -270,43 +271,6 @@ def encode(msg: Message) -> bytes:
 # --- decoding and validation ----------------------------------------------------------
 
 
-def _int(v: Any, lo: int, hi: int, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise RemoteProtocolError(f"bad {what}: {v!r}")
-    return v
-
-
-def _req(v: Any) -> int:
-    return _int(v, 0, MAX_REQ_ID, "request id")
-
-
-def _bytes(v: Any, length: int | None, what: str, max_len: int = MAX_HEADER_SIZE) -> bytes:
-    if not isinstance(v, bytes) or (length is not None and len(v) != length) or len(v) > max_len:
-        raise RemoteProtocolError(f"bad {what}")
-    return v
-
-
-def _hash(v: Any) -> bytes:
-    return _bytes(v, HASH_LEN, "hash")
-
-
-def _text(v: Any, what: str) -> str:
-    if not isinstance(v, str) or len(v) > MAX_TEXT:
-        raise RemoteProtocolError(f"bad {what}")
-    return v
-
-
-def _map(v: Any, what: str) -> dict[str, Any]:
-    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
-        raise RemoteProtocolError(f"bad {what}")
-    return v
-
-
-def _arity(fields: list[Any], n: int, name: str) -> None:
-    if len(fields) != n:
-        raise RemoteProtocolError(f"{name} has {len(fields)} fields, expected {n}")
-
-
 def payload(msg: Message) -> bytes:
     """The frame body a message carries besides its header (HAVE's bitfield, a manifest).
 
@@ -339,64 +303,66 @@ def decode(header: bytes | bytearray, body: Buffer = b"") -> Message:
     if not isinstance(obj, list) or not obj:
         raise RemoteProtocolError("message is not a non-empty array")
     try:
-        mtype = MsgType(_int(obj[0], 0, 255, "message type"))
+        mtype = MsgType(int_in(obj[0], 0, 255, "message type"))
     except ValueError as err:
         raise RemoteProtocolError(f"unknown message type {obj[0]!r}") from err
     f = obj[1:]
-    _arity(f, _ARITY[mtype], mtype.name)
+    arity(f, _ARITY[mtype], mtype.name)
     if body and mtype not in _BODIES:
         raise RemoteProtocolError(f"{mtype.name} must not carry a body")
     match mtype:
         case MsgType.HELLO:
             return Hello(
-                _int(f[0], 0, 2**16, "version"),
-                _bytes(f[1], NODE_ID_LEN, "node id"),
-                _int(f[2], 0, 65535, "port"),
-                _text(f[3], "agent"),
+                int_in(f[0], 0, 2**16, "version"),
+                raw_bytes(f[1], NODE_ID_LEN, "node id"),
+                int_in(f[2], 0, 65535, "port"),
+                text(f[3], "agent"),
             )
         case MsgType.GET_MANIFEST:
-            return GetManifest(_req(f[0]), _hash(f[1]))
+            return GetManifest(req_id(f[0]), hash32(f[1]))
         case MsgType.GET_CHUNK:
-            index = _int(f[2], 0, MAX_CHUNKS - 1, "index")
-            return GetChunk(_req(f[0]), _hash(f[1]), index, _hash(f[3]))
+            index = int_in(f[2], 0, MAX_CHUNKS - 1, "index")
+            return GetChunk(req_id(f[0]), hash32(f[1]), index, hash32(f[3]))
         case MsgType.DATA:
-            return Data(_req(f[0]))
+            return Data(req_id(f[0]))
         case MsgType.NOT_FOUND:
-            return NotFound(_req(f[0]))
+            return NotFound(req_id(f[0]))
         case MsgType.ERROR:
-            return Error(_req(f[0]), _int(f[1], 0, 2**16, "error code"), _text(f[2], "error text"))
+            code = int_in(f[1], 0, 2**16, "error code")
+            return Error(req_id(f[0]), code, text(f[2], "error text"))
         case MsgType.GET_HAVE:
-            return GetHave(_req(f[0]), _hash(f[1]))
+            return GetHave(req_id(f[0]), hash32(f[1]))
         case MsgType.HAVE:
             if not isinstance(f[1], bool) or not isinstance(f[2], bool):
                 raise RemoteProtocolError("bad HAVE flags")
             if len(body) > MAX_CHUNKS // 8 + 1 or (f[1] and body):
                 raise RemoteProtocolError("bad HAVE bitfield")
-            replicas = _int(f[3], 0, MAX_REPLICAS, "replicas")
-            return Have(_req(f[0]), f[1], bytes(body), f[2], replicas)
+            replicas = int_in(f[3], 0, MAX_REPLICAS, "replicas")
+            return Have(req_id(f[0]), f[1], bytes(body), f[2], replicas)
         case MsgType.PUT_MANIFEST:
             if len(body) > MAX_MANIFEST_BODY:
                 raise RemoteProtocolError("manifest body too large")
-            replicas = _int(f[2], 0, MAX_REPLICAS, "replicas")
-            return PutManifest(_req(f[0]), _hash(f[1]), replicas, bytes(body))
+            replicas = int_in(f[2], 0, MAX_REPLICAS, "replicas")
+            return PutManifest(req_id(f[0]), hash32(f[1]), replicas, bytes(body))
         case MsgType.PUT_CHUNK:
-            index = _int(f[2], 0, MAX_CHUNKS - 1, "index")
-            return PutChunk(_req(f[0]), _hash(f[1]), index, _hash(f[3]))
+            index = int_in(f[2], 0, MAX_CHUNKS - 1, "index")
+            return PutChunk(req_id(f[0]), hash32(f[1]), index, hash32(f[3]))
         case MsgType.OK:
-            return Ok(_req(f[0]))
+            return Ok(req_id(f[0]))
         case MsgType.HAVE_UPDATE:
             idx = f[1]
             if not isinstance(idx, list) or len(idx) > MAX_HAVE_BATCH:
                 raise RemoteProtocolError("bad HAVE_UPDATE index list")
-            return HaveUpdate(_hash(f[0]), tuple(_int(i, 0, MAX_CHUNKS - 1, "index") for i in idx))
+            indices = tuple(int_in(i, 0, MAX_CHUNKS - 1, "index") for i in idx)
+            return HaveUpdate(hash32(f[0]), indices)
         case MsgType.CANCEL:
-            return Cancel(_req(f[0]))
+            return Cancel(req_id(f[0]))
         case MsgType.BYE:
-            return Bye(_text(f[0], "reason"))
+            return Bye(text(f[0], "reason"))
         case MsgType.CONTROL:
-            return Control(_req(f[0]), _text(f[1], "control op"), _map(f[2], "control args"))
+            return Control(req_id(f[0]), text(f[1], "control op"), str_map(f[2], "control args"))
         case MsgType.CONTROL_EVENT:
-            return ControlEvent(_req(f[0]), _text(f[1], "event kind"), _map(f[2], "event data"))
+            return ControlEvent(req_id(f[0]), text(f[1], "event kind"), str_map(f[2], "event data"))
     raise RemoteProtocolError(f"unhandled message type {mtype!r}")  # pragma: no cover
 
 
@@ -422,30 +388,3 @@ _ARITY = {
 
 #: Messages whose frame may carry a body (PUT_CHUNK's is the chunk, kept uncopied).
 _BODIES = frozenset({MsgType.DATA, MsgType.HAVE, MsgType.PUT_MANIFEST, MsgType.PUT_CHUNK})
-
-
-# --- bitfields -----------------------------------------------------------------------
-
-
-def bitfield_from_indices(n: int, indices: object) -> bytes:
-    """Pack the set of held chunk indices into ``ceil(n/8)`` bytes, MSB first."""
-    out = bytearray((n + 7) // 8)
-    for i in indices:  # type: ignore[attr-defined]
-        out[i >> 3] |= 0x80 >> (i & 7)
-    return bytes(out)
-
-
-def indices_from_bitfield(n: int, bitfield: bytes) -> list[int]:
-    """The chunk indices set in ``bitfield`` (a peer's claim; length must fit ``n``)."""
-    if len(bitfield) != (n + 7) // 8:
-        raise RemoteProtocolError(f"bitfield of {len(bitfield)} bytes does not fit {n} chunks")
-    out = [
-        (byte_i << 3) + bit
-        for byte_i, byte in enumerate(bitfield)
-        if byte
-        for bit in range(8)
-        if byte & (0x80 >> bit)
-    ]
-    if out and out[-1] >= n:
-        raise RemoteProtocolError("bitfield has bits set past the last chunk")
-    return out

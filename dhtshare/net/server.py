@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from dhtshare.config import KIB, MIB
 from dhtshare.core import messages as m
+from dhtshare.core.bitfield import bitfield_from_indices
 from dhtshare.core.framing import Buffer
 from dhtshare.core.manifest import Manifest
 from dhtshare.disk.buffers import POOL
@@ -176,7 +177,7 @@ class ChunkServer:
                     conn.send(m.Have(req, True, b"", entry.durable, entry.replicas))
                 else:
                     n = entry.manifest.chunk_count
-                    bits = m.bitfield_from_indices(n, entry.held_indices())
+                    bits = bitfield_from_indices(n, entry.held_indices())
                     conn.send(m.Have(req, False, bits, entry.durable, entry.replicas))
             case m.PutManifest():
                 await self._put_manifest(conn, msg)

@@ -30,6 +30,7 @@ from typing import Protocol
 
 from dhtshare.config import Config
 from dhtshare.core import messages as m
+from dhtshare.core.bitfield import indices_from_bitfield
 from dhtshare.core.ids import dht_key, short
 from dhtshare.core.manifest import Manifest
 from dhtshare.core.providers import ProviderRecord
@@ -114,7 +115,7 @@ class Replicator:
                 async with asyncio.timeout(SURVEY_TIMEOUT):
                     conn = await self.s.pool.get(rec.address)
                     have = await conn.get_have(h, SURVEY_TIMEOUT)
-                held = None if have.complete else set(m.indices_from_bitfield(n, have.bitfield))
+                held = None if have.complete else set(indices_from_bitfield(n, have.bitfield))
                 return Holder(rec.node_id, rec.address, have.durable, held, have.replicas)
             except (TimeoutError, DhtshareError):
                 return None

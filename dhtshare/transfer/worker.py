@@ -18,7 +18,7 @@ import contextlib
 import functools
 import logging
 
-from dhtshare.core import messages as m
+from dhtshare.core.bitfield import indices_from_bitfield
 from dhtshare.core.ids import short
 from dhtshare.errors import (
     NotFoundReply,
@@ -52,7 +52,7 @@ async def run_worker(dl: Download, addr: Address) -> None:
         conn.have_listeners[mh] = listener
         have = await conn.get_have(mh, s.config.request_timeout)
         n = dl.manifest.chunk_count
-        held = None if have.complete else m.indices_from_bitfield(n, have.bitfield)
+        held = None if have.complete else indices_from_bitfield(n, have.bitfield)
         dl.picker.add_peer(addr, held)
         dl.starting.discard(addr)
         dl.wake_all()

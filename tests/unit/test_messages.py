@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dhtshare.config import MAX_CHUNKS
+from dhtshare.core.bitfield import bitfield_from_indices, indices_from_bitfield
 from dhtshare.core.framing import FrameDecoder, encode_frame
 from dhtshare.core.ids import HASH_LEN, NODE_ID_LEN
 from dhtshare.core.messages import (
@@ -36,10 +37,8 @@ from dhtshare.core.messages import (
     Ok,
     PutChunk,
     PutManifest,
-    bitfield_from_indices,
     decode,
     encode,
-    indices_from_bitfield,
     payload,
 )
 from dhtshare.errors import RemoteProtocolError
