@@ -13,9 +13,10 @@ import asyncio
 import os
 import stat
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from dhtshare.config import DEFAULT_REPLICAS
 from dhtshare.core.ids import ManifestHash, parse_manifest_hash
@@ -23,11 +24,27 @@ from dhtshare.core.manifest import check_chunk_size
 from dhtshare.disk.hashing import hash_file
 from dhtshare.errors import ConfigError, NotFoundError, ReplicationShort, StorageError, os_error
 from dhtshare.net.control import Emit, OpHandler
+from dhtshare.net.dht.client import Dht
+from dhtshare.net.server import ChunkServer
 from dhtshare.transfer.fetch import Fetch, FetchResult
-from dhtshare.transfer.replication import holders_per_chunk
+from dhtshare.transfer.replication import Replicator, holders_per_chunk
+from dhtshare.transfer.services import FetchServices
+from dhtshare.upkeep import Upkeep
 
-if TYPE_CHECKING:
-    from dhtshare.node import Node
+
+class NodeParts(FetchServices, Protocol):
+    """What the operations use of their node (:class:`dhtshare.node.Node` has it all)."""
+
+    port: int
+    data_dir: Path
+    started_at: float
+    server: ChunkServer
+    dht: Dht
+    upkeep: Upkeep
+    replicator: Replicator
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
+
 
 #: ``status`` counts the contacts heard from within this many seconds.
 RECENT_CONTACT = 600.0
@@ -180,7 +197,7 @@ class RemoveResult:
 class Operations:
     """The node's operations; ``handlers`` serves them on the control socket."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeParts) -> None:
         self.node = node
 
     def handlers(self) -> dict[str, OpHandler]:
