@@ -87,8 +87,15 @@ async def run_lookup(
             break
         expiry = lookup.next_expiry(stale_after)
         wait = max(0.005, expiry - now) if expiry is not None else None
-        done, _ = await asyncio.wait(pending, timeout=wait,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait(pending, timeout=wait,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Nobody wants the answer any more: the queries end with the lookup.
+            for query in pending:
+                query.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
         for fut in done:
             c = pending.pop(fut)
             ok, reply = fut.result()
