@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from dhtshare.config import DEFAULT_REPLICAS
 from dhtshare.core.ids import ManifestHash, parse_manifest_hash
 from dhtshare.core.manifest import check_chunk_size
+from dhtshare.disk.datadir import DataDir
 from dhtshare.disk.hashing import hash_file
 from dhtshare.errors import ConfigError, NotFoundError, ReplicationShort, StorageError, os_error
 from dhtshare.net.control import Emit, OpHandler
@@ -37,6 +38,7 @@ class NodeParts(FetchServices, Protocol):
 
     port: int
     data_dir: Path
+    data: DataDir
     started_at: float
     server: ChunkServer
     dht: Dht
@@ -131,6 +133,9 @@ class PublishResult:
 @dataclass(frozen=True)
 class StatusResult:
     node_id: str
+    #: The node's Ed25519 public key (hex) and its short fingerprint.
+    public_key: str
+    fingerprint: str
     host: str
     port: int
     state: str
@@ -303,6 +308,8 @@ class Operations:
         dht, store, upkeep = node.dht, node.store, node.upkeep
         return StatusResult(
             node_id=node.node_id.hex(),
+            public_key=node.data.identity.public_key.hex(),
+            fingerprint=node.data.identity.fingerprint,
             host=node.config.host,
             port=node.port,
             state=upkeep.state,

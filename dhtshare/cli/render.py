@@ -58,6 +58,8 @@ def show_status(result: dict[str, Any], json_out: bool) -> None:
     state = result.get("state", "joined")
     print(f"node {result['node_id'][:16]} on {result['host']}:{result['port']}, {state}, "
           f"{result['contacts']} DHT contacts, {result['bytes_served']} bytes served")
+    if result.get("fingerprint"):
+        print(f"  key {result['fingerprint']}")
     for item in result["content"]:
         held = "complete" if item["complete"] else "partial"
         print(f"  {item['hash']}  {item['size']:>12}  {held:8}  {item['name']}")
