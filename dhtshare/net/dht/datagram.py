@@ -25,6 +25,9 @@ from kademlia.storage import ForgetfulStorage
 log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 64 * 1024
+#: Every RPC we answer fits in far less (an add_provider with its bitfield is
+#: under 1 KiB); anything larger is dropped before a byte of it is decoded.
+MAX_REQUEST = 2 * 1024
 #: rpcudp's datagram layout: one kind byte, a 20-byte message id, msgpack.
 REQUEST, RESPONSE = b"\x00", b"\x01"
 HEADER_LEN = 21
@@ -84,16 +87,32 @@ class DatagramRpc(KademliaProtocol):  # type: ignore[misc]
         """
         if not HEADER_LEN < len(data) <= MAX_DATAGRAM:
             return
+        kind, msg_id = data[:1], data[1:HEADER_LEN]
+        # Decoding costs CPU on the loop every transfer shares: a request must be
+        # small, and an answer must be to a question we asked, from where it went.
+        if kind == REQUEST:
+            if len(data) > MAX_REQUEST:
+                return
+        elif kind == RESPONSE:
+            if not self._expected(msg_id, addr):
+                return
+        else:
+            return
         try:
             body = msgpack.unpackb(data[HEADER_LEN:], raw=False)
         except (ValueError, msgpack.UnpackException) as err:
             log.debug("dropped malformed datagram from %s: %r", addr, err)
             return
-        kind, msg_id = data[:1], data[1:HEADER_LEN]
         if kind == REQUEST:
             self._serve(msg_id, body, addr)
-        elif kind == RESPONSE:
+        else:
             self._accept_response(msg_id, body, addr)
+
+    def _expected(self, msg_id: bytes, addr: Address) -> bool:
+        entry = self._waiting.get(msg_id)
+        if entry is not None:
+            return entry[2] == addr
+        return msg_id in self._outstanding  # a request sent the stock way
 
     def _serve(self, msg_id: bytes, body: Any, addr: Address) -> None:
         if self.leaving:
