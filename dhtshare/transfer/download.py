@@ -55,6 +55,7 @@ async def download(
     async with _claim(services, part, target):
         cf = await in_thread(functools.partial(ChunkFile.open, part, manifest),
                              abandon=ChunkFile.close)
+        finished = False
         try:
             if cf.held_count:
                 log.info("resuming %s: %d of %d chunks already verified",
@@ -67,11 +68,10 @@ async def download(
                 if dl.fatal is not None:
                     raise dl.fatal
                 await in_thread(functools.partial(cf.finish, target))
+                finished = True
             except OSError as err:
                 user = os_error(err, "write", part)
-                raise type(user)(
-                    f"{user}; {dl.held_count} verified chunks are kept there"
-                ) from err
+                raise type(user)(f"{user}{dl.kept()}") from err
             finally:
                 for conn, req in list(dl.requests.values()):
                     conn.forget(req)
@@ -80,7 +80,12 @@ async def download(
                     store.entries.pop(manifest.hash, None)
                     dl.entry.close()
         finally:
-            cf.close()
+            if not finished and not cf.held_count:
+                # Nothing verified in it: a part file would only hold disk space
+                # (a hostile manifest may claim any size).
+                cf.discard()
+            else:
+                cf.close()
     services.store.add_complete(manifest, target, "fetched")
     return dl
 

@@ -141,7 +141,7 @@ class Pump:
                 if not isinstance(error, OSError):
                     raise error
                 user = os_error(error, "write", dl.entry.path)
-                dl.fail(type(user)(f"{user}; {dl.held_count} verified chunks are kept there"))
+                dl.fail(type(user)(f"{user}{dl.kept()}"))
         return True
 
     def _on_reply(self, event: ChunkReply) -> None:

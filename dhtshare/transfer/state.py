@@ -50,6 +50,11 @@ class Download:
         """Chunks verified on disk (for messages that say what is kept)."""
         return self.manifest.chunk_count - self.picker.missing
 
+    def kept(self) -> str:
+        """What a failure message says stays on disk for a resume ("" when nothing does)."""
+        n = self.held_count
+        return f"; {n} verified chunks are kept in {self.entry.path}" if n else ""
+
     def wake_all(self) -> None:
         for ev in self.wakeups.values():
             ev.set()

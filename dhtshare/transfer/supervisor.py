@@ -119,6 +119,5 @@ class Supervisor:
             if gave_up or (not alive and now - last_progress > STALL_TIMEOUT):
                 raise NoProviders(
                     f"{picker.missing} of {dl.manifest.chunk_count} chunks could not be "
-                    f"fetched: no reachable peer has them; {dl.held_count} verified chunks "
-                    f"are kept in {dl.entry.path}"
+                    f"fetched: no reachable peer has them{dl.kept()}"
                 )
