@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import logging
 import time
@@ -137,8 +138,13 @@ class Node:
         await asyncio.sleep(0)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task this node owns (cancelled and awaited on stop)."""
-        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        """Run ``coro`` as a task this node owns (cancelled and awaited on stop).
+
+        It starts in a fresh context: whatever started it (a fetch announcing
+        its first chunk) neither owns it nor passes on its context variables.
+        """
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task[Any] = loop.create_task(coro, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

@@ -20,6 +20,7 @@ from typing import Any
 from dhtshare.core import messages as m
 from dhtshare.core.framing import FrameDecoder, encode_frame
 from dhtshare.errors import DhtshareError, RemoteProtocolError, os_error
+from dhtshare.net.ctlclient import peer_uid, trusted_uid
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,12 @@ class ControlServer:
         assert task is not None
         self._tasks.add(task)
         decoder = FrameDecoder(max_body=0)
+        sock = writer.get_extra_info("socket")
+        if sock is None or not trusted_uid(peer_uid(sock)):
+            log.warning("refused a control connection from another user")
+            self._tasks.discard(task)
+            writer.close()
+            return
         try:
             while data := await reader.read(65536):
                 decoder.feed(data)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import stat
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 from dhtshare.core import messages as m
 from dhtshare.core.framing import FrameDecoder, encode_frame
 from dhtshare.errors import (
+    ConfigError,
     DhtshareError,
     NodeNotResponding,
     NodeNotRunning,
@@ -28,17 +31,53 @@ from dhtshare.errors import (
 SOCKET_NAME = "control.sock"
 #: A running node sends something at least every 2 s while it works on a request.
 IDLE_TIMEOUT = 30.0
-#: Unix socket paths are limited to 108 bytes; longer data dirs use /tmp.
+#: Unix socket paths are limited to 108 bytes; longer data dirs use a private runtime dir.
 MAX_SUN_PATH = 100
+_UCRED = struct.Struct("3i")  # pid, uid, gid (SO_PEERCRED)
 
 
 def socket_path(data_dir: Path) -> Path:
-    """Where the node of ``data_dir`` listens for control requests."""
+    """Where the node of ``data_dir`` listens for control requests.
+
+    In the data dir (0700) when the path fits a Unix socket address; else in
+    a directory only this user can write, so that nobody else can put a
+    socket of their own where the CLI will send its requests.
+    """
     path = data_dir.resolve() / SOCKET_NAME
     if len(str(path)) <= MAX_SUN_PATH:
         return path
     digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
-    return Path("/tmp") / f"dhtshare-{os.getuid()}-{digest}.sock"
+    return private_dir() / f"{digest}.sock"
+
+
+def private_dir() -> Path:
+    """``$XDG_RUNTIME_DIR/dhtshare`` (or ``/tmp/dhtshare-UID``), checked to be ours alone."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    base = Path(runtime) / "dhtshare" if runtime and len(runtime) < 60 else None
+    where = base or Path("/tmp") / f"dhtshare-{os.getuid()}"
+    try:
+        where.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(where)
+    except OSError as err:
+        raise ConfigError(f"cannot make a private directory {where} for the control socket: "
+                          f"{err.strerror or err}; use a shorter --data-dir") from err
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ConfigError(
+            f"{where} is not a private directory of this user (someone else may have made "
+            "it to intercept the control socket): remove it, or use a shorter --data-dir"
+        )
+    return where
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    return int(_UCRED.unpack(raw)[1])
+
+
+def trusted_uid(uid: int) -> bool:
+    """Only this user (or root, who could read its data dir anyway) may be at the other end."""
+    return uid in (os.getuid(), 0)
 
 
 def call(
@@ -62,6 +101,10 @@ def call(
             sock.connect(str(socket_path(data_dir)))
         except OSError as err:
             raise NodeNotRunning(f"no dhtshare node is running on data dir {data_dir}") from err
+        if not trusted_uid(peer_uid(sock)):
+            raise NodeNotRunning(
+                f"the control socket of {data_dir} belongs to another user: not talking to it"
+            )
         decoder = FrameDecoder(max_body=0)
         try:
             sock.sendall(encode_frame(m.encode(m.Control(1, op, args))))
