@@ -83,6 +83,10 @@ class FrameDecoder:
         self._body_header = b""
         self._frames: list[Frame] = []
         self.bytes_received = 0
+        #: Asked ``(header, body_len)`` before any body byte is kept; raises to refuse.
+        #: The header alone says who may send how much (a session knows its
+        #: outstanding requests), so a stranger's 128 MiB body is never buffered.
+        self.admit_body: Callable[[bytes, int], None] | None = None
 
     # -- buffer interface -------------------------------------------------------
     def get_buffer(self) -> memoryview:
@@ -147,6 +151,8 @@ class FrameDecoder:
             bstart = hstart + hlen
             if self._end < bstart:
                 break
+            if blen and self.admit_body is not None:
+                self.admit_body(bytes(buf[hstart:bstart]), blen)  # pure: may be asked again
             have = self._end - bstart
             if have >= blen:
                 header = bytes(buf[hstart:bstart])

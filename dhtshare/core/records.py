@@ -8,6 +8,7 @@ session's rules and the connection's I/O loop do not change.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, TypeAlias
 
 from dhtshare.core.framing import Frame, FrameDecoder
@@ -27,6 +28,9 @@ class RecordCodec(Protocol):
     its head untouched, so a file can go out by ``sendfile``; a codec that
     encrypts says no.
     """
+
+    #: Asked ``(header, body_len)`` before a body is buffered (see FrameDecoder).
+    admit_body: Callable[[bytes, int], None] | None
 
     @property
     def raw_bodies(self) -> bool: ...

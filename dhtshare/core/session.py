@@ -32,7 +32,7 @@ import enum
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from dhtshare.config import PROTOCOL_VERSION
+from dhtshare.config import MAX_BODY_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS, PROTOCOL_VERSION
 from dhtshare.core import messages as m
 from dhtshare.core.framing import Buffer, encode_prefix
 from dhtshare.core.records import Body, PlainCodec, RecordCodec, Wire
@@ -172,6 +172,26 @@ SEND: dict[State, dict[Kind, State]] = {
 _SENT_BY = {Kind.HELLO: "start()", Kind.REQUEST: "start_request()", Kind.CANCEL: "cancel()"}
 
 
+#: The largest body each message type may carry (DATA: one chunk, unless asked for more).
+_BODY_LIMITS: dict[int, int] = {
+    m.MsgType.DATA: MAX_CHUNK_SIZE,
+    m.MsgType.HAVE: MAX_CHUNKS // 8 + 1,
+    m.MsgType.PUT_MANIFEST: m.MAX_MANIFEST_BODY,
+    m.MsgType.PUT_CHUNK: MAX_CHUNK_SIZE,
+}
+
+
+def _req_of(header: bytes) -> int:
+    """The request id in a header ``[type, req, ...]`` (msgpack uint), or -1."""
+    first = header[2]
+    if first < 0x80:
+        return first
+    width = {0xCC: 1, 0xCD: 2, 0xCE: 4}.get(first)
+    if width is None or len(header) < 3 + width:
+        return -1
+    return int.from_bytes(header[3 : 3 + width], "big")
+
+
 # --- the session ----------------------------------------------------------------------------
 
 
@@ -201,6 +221,7 @@ class Session:
         #: False once nothing more is read (terminal): incoming bytes then go to ``_sink``.
         self._reading = True
         self._sink: bytearray | None = None
+        self.codec.admit_body = self._admit_body
 
     @property
     def state(self) -> State:
@@ -259,6 +280,27 @@ class Session:
             buf[:n] = view[:n]
             self.buffer_updated(n)
             view = view[n:]
+
+    def _admit_body(self, header: bytes, body_len: int) -> None:
+        """Refuse a body before it is buffered unless this message, now, may carry that much.
+
+        Called by the codec with the frame's header as soon as it is complete,
+        which may be before the frames ahead of it (a HELLO) became events, so
+        it judges the header alone: only DATA, HAVE, PUT_MANIFEST and PUT_CHUNK
+        carry bodies, each within its own bound, and a DATA body larger than a
+        chunk must answer a request we are waiting for (a manifest).  Whether
+        the message may come at all is decided when it becomes an event.
+        """
+        if len(header) < 3 or not 0x91 <= header[0] <= 0x9F:  # [type, ...], short
+            raise RemoteProtocolError(f"a body of {body_len} bytes where none may come")
+        kind = header[1]
+        limit = _BODY_LIMITS.get(kind, 0)
+        if kind == m.MsgType.DATA and body_len > limit and _req_of(header) in self._outstanding:
+            limit = MAX_BODY_SIZE
+        if body_len > limit:
+            raise RemoteProtocolError(
+                f"message type {kind} may not carry a body of {body_len} bytes (at most {limit})"
+            )
 
     def next_event(self) -> Event | None:
         """What the peer did next, or ``None`` until more bytes arrive (or ever, once closed).

@@ -705,3 +705,51 @@ def test_session_imports_no_io() -> None:
     own = [n for n in names if n.split(".")[0] == "dhtshare"]
     assert all(n.startswith(ALLOWED_OWN) for n in own), own
     assert {n.split(".")[0] for n in names if n not in own} <= ALLOWED_IMPORTS
+
+
+# -- bodies are refused before they are buffered ------------------------------------------
+def _head_only(msg: m.Message, body_len: int) -> bytes:
+    """A frame's prefix and header announcing ``body_len`` body bytes that never come."""
+    header = m.encode(msg)
+    return PREFIX.pack(len(header), body_len) + header
+
+
+@pytest.mark.parametrize(
+    ("msg", "body_len"),
+    [
+        (m.GetChunk(7, H, 0, H), 1),  # requests without bodies carry none
+        (m.Cancel(7), 100 * MIB),
+        (m.HaveUpdate(H, ()), 1 * MIB),
+        (m.PutChunk(7, H, 0, H), 16 * MIB + 1),  # above the largest chunk
+        (m.Data(99), 16 * MIB + 1),  # a manifest-sized answer nobody asked for
+    ],
+)
+def test_a_body_too_large_for_its_message_is_refused_at_its_header(
+    msg: m.Message, body_len: int
+) -> None:
+    session = opened()
+    session.receive_data(_head_only(msg, body_len))
+    with pytest.raises(RemoteProtocolError, match=r"may not carry a body|where none may come"):
+        events(session)
+    assert session.state is State.BROKEN
+
+
+def test_a_large_answer_to_our_manifest_request_is_let_in() -> None:
+    session = opened()
+    req = session.next_id()
+    session.start_request(m.GetManifest(req, H))
+    session.receive_data(_head_only(m.Data(req), 20 * MIB))  # a manifest of 20 MiB of hashes
+    assert events(session) == []  # waiting for the body, not refusing it
+    assert session.state is State.OPEN
+
+
+def test_bodies_right_behind_the_hello_are_judged_by_their_header_alone() -> None:
+    """The codec reads ahead of the events: a PUT_CHUNK in the same read as HELLO is fine."""
+    session = Session(HELLO_B, True)
+    session.start()
+    chunk = b"c" * 1000
+    session.receive_data(frame(HELLO_A) + frame(m.PutChunk(3, H, 0, H), chunk))
+    got = events(session)
+    assert got[0] == HandshakeDone(HELLO_A)
+    assert isinstance(got[1], Request)
+    assert bytes(got[1].body) == chunk
