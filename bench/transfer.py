@@ -1261,30 +1261,36 @@ def run_seeder_scenario(args: argparse.Namespace, big: Source, work: Path) -> di
     return out
 
 
+def tool_cells(prefix: str, r: RunResult, size: int) -> dict[str, Any]:
+    """The cells every per-run row has for one tool: ok, wall, MB/s, CPU, error."""
+    return {
+        f"{prefix}_ok": r.ok, f"{prefix}_wall": r.wall if r.ok else None,
+        f"{prefix}_mb_s": mb_per_s(size, r.wall) if r.ok else None,
+        f"{prefix}_cpu": r.cpu_total if r.ok else None, f"{prefix}_error": r.error,
+    }
+
+
+def small_cells(d: RunResult) -> dict[str, Any]:
+    """The small fetch a dhtshare run makes beside the big one."""
+    small = d.extra.get("fetch_small") or {}
+    return {"d_small_ok": bool(small.get("ok")),
+            "d_small_wall": small.get("wall") if small.get("ok") else None}
+
+
 def seeder_rows(scen: dict[str, Any]) -> list[dict[str, Any]]:
     """One plain row per run (dhtshare run i next to libtorrent run i)."""
     size = scen["size"]
     rows: list[dict[str, Any]] = []
     for d, lt_ in zip(scen["runs"]["dhtshare"], scen["runs"]["libtorrent"], strict=False):
-        small = d.extra.get("fetch_small") or {}
         rows.append({
-            "run": d.run + 1,
-            "d_ok": d.ok, "d_wall": d.wall if d.ok else None,
-            "d_mb_s": mb_per_s(size, d.wall) if d.ok else None,
-            "d_cpu": d.cpu_total if d.ok else None,
-            "d_small_ok": bool(small.get("ok")),
-            "d_small_wall": small.get("wall") if small.get("ok") else None,
+            "run": d.run + 1, **tool_cells("d", d, size), **tool_cells("lt", lt_, size),
+            **small_cells(d),
             "d_status_s": d.extra.get("status_after_start"),
             "d_ready_s": d.extra.get("ready_after_start"),
             "d_leave_s": (d.extra.get("leave") or {}).get("seconds"),
             "d_seeder_contacts": (d.extra.get("seeder_after") or {}).get("contacts"),
             "d_seeder_rss": (d.extra.get("seeder_after") or {}).get("vmrss"),
-            "d_error": d.error,
-            "lt_ok": lt_.ok, "lt_wall": lt_.wall if lt_.ok else None,
-            "lt_mb_s": mb_per_s(size, lt_.wall) if lt_.ok else None,
-            "lt_cpu": lt_.cpu_total if lt_.ok else None,
             "lt_seeder_rss": (lt_.extra.get("seeder_after") or {}).get("vmrss"),
-            "lt_error": lt_.error,
         })
     return rows
 
@@ -1437,22 +1443,13 @@ def churn_rows(scen: dict[str, Any]) -> list[dict[str, Any]]:
         term = [x.get("seconds") for x in d.extra.get("sigterm", [])]
         big = d.fetchers[0] if d.fetchers else {}
         rows.append({
-            "run": d.run + 1,
-            "d_ok": d.ok, "d_wall": d.wall if d.ok else None,
-            "d_mb_s": mb_per_s(size, d.wall) if d.ok else None,
-            "d_cpu": d.cpu_total if d.ok else None,
-            "d_small_ok": bool(small.get("ok")),
-            "d_small_wall": small.get("wall") if small.get("ok") else None,
+            "run": d.run + 1, **tool_cells("d", d, size), **tool_cells("lt", lt_, size),
+            **small_cells(d),
             "d_small_unreachable": small.get("unreachable"),
             "d_big_unreachable": big.get("unreachable"),
             "d_ready_s": d.extra.get("ready_after_start"),
             "d_sigterm_max_s": None if not term or None in term else max(term),
             "d_join_s": d.extra.get("join_seconds"),
-            "d_error": d.error,
-            "lt_ok": lt_.ok, "lt_wall": lt_.wall if lt_.ok else None,
-            "lt_mb_s": mb_per_s(size, lt_.wall) if lt_.ok else None,
-            "lt_cpu": lt_.cpu_total if lt_.ok else None,
-            "lt_error": lt_.error,
         })
     return rows
 
