@@ -13,10 +13,10 @@ import asyncio
 import os
 import stat
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from dhtshare.config import DEFAULT_REPLICAS
 from dhtshare.core.ids import ManifestHash, parse_manifest_hash
@@ -199,6 +199,22 @@ class RemoveResult:
         return asdict(self)
 
 
+class _Result(Protocol):
+    def to_json(self) -> Json: ...
+
+
+A = TypeVar("A")
+
+
+def _served(parse: Callable[[Json], A], run: Callable[[A, Emit], Awaitable[_Result]]) -> OpHandler:
+    """An operation on the control socket: parse the untrusted map, run, answer its JSON."""
+
+    async def handler(wire: Json, emit: Emit) -> Json:
+        return (await run(parse(wire), emit)).to_json()
+
+    return handler
+
+
 class Operations:
     """The node's operations; ``handlers`` serves them on the control socket."""
 
@@ -206,29 +222,18 @@ class Operations:
         self.node = node
 
     def handlers(self) -> dict[str, OpHandler]:
-        async def publish(a: Json, emit: Emit) -> Json:
-            return (await self.publish(PublishArgs.from_wire(a), emit)).to_json()
-
-        async def fetch(a: Json, emit: Emit) -> Json:
-            return (await self.fetch(FetchArgs.from_wire(a), emit)).to_json()
-
         async def status(a: Json, emit: Emit) -> Json:
             return self.status().to_json()
 
-        async def holders(a: Json, emit: Emit) -> Json:
-            return (await self.holders(HashArgs.from_wire(a), emit)).to_json()
-
-        async def pin(a: Json, emit: Emit) -> Json:
-            return (await self.pin(PinArgs.from_wire(a), emit)).to_json()
-
-        async def unpin(a: Json, emit: Emit) -> Json:
-            return (await self.unpin(HashArgs.from_wire(a), emit)).to_json()
-
-        async def remove(a: Json, emit: Emit) -> Json:
-            return (await self.remove(HashArgs.from_wire(a), emit)).to_json()
-
-        return {"publish": publish, "fetch": fetch, "status": status, "holders": holders,
-                "pin": pin, "unpin": unpin, "remove": remove}
+        return {
+            "publish": _served(PublishArgs.from_wire, self.publish),
+            "fetch": _served(FetchArgs.from_wire, self.fetch),
+            "status": status,
+            "holders": _served(HashArgs.from_wire, self.holders),
+            "pin": _served(PinArgs.from_wire, self.pin),
+            "unpin": _served(HashArgs.from_wire, self.unpin),
+            "remove": _served(HashArgs.from_wire, self.remove),
+        }
 
     # -- sharing ---------------------------------------------------------------------------
     async def publish(self, args: PublishArgs, emit: Emit | None = None) -> PublishResult:
