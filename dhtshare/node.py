@@ -120,14 +120,13 @@ class Node:
         if self.stopped.is_set():
             return
         self.stopped.set()
-        polite = polite and self.upkeep.state == "joined"
         await self.control.stop()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=TASK_GRACE)
-        await self.upkeep.leave(polite)
+        polite = await self.upkeep.leave(polite)
         bye = "shutting down" if polite else None
         self.server.stop_listening(bye)
         self.pool.close_all(bye=bye)

@@ -78,6 +78,10 @@ class Upkeep:
             self.join_error = err
             self.gave_up.set()
             return
+        except asyncio.CancelledError:
+            # Stopped while joining: never counted as joined (no goodbyes owed).
+            self.join_error = NotJoined("the node stopped before it had joined")
+            raise
         except Exception as err:
             # A bug: never pretend to be joined; the traceback goes to the log.
             self.join_error = DhtshareError(f"joining the network failed: {err!r}")
@@ -190,8 +194,12 @@ class Upkeep:
                     log.warning("repair of %s failed: %s", short(h), err)
 
     # -- leaving -------------------------------------------------------------------------
-    async def leave(self, polite: bool) -> None:
-        """On the way out: hand off, withdraw, save contacts, tell our contacts (bounded)."""
+    async def leave(self, polite: bool) -> bool:
+        """On the way out: hand off, withdraw, save contacts, tell our contacts (bounded).
+
+        Returns whether it said goodbye (only a joined node does), so the
+        peer links can too.
+        """
         polite = polite and self.state == "joined"
         if polite:
             await self._hand_off_all()
@@ -207,6 +215,7 @@ class Upkeep:
             with contextlib.suppress(Exception):
                 told = await self.dht.leave()
                 log.info("told %d DHT contacts that we are leaving", told)
+        return polite
 
     async def _hand_off_all(self) -> None:
         """Copy chunks we are among the last N holders of to others (bounded)."""
