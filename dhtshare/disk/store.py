@@ -34,7 +34,7 @@ import msgpack
 from dhtshare.core.ids import ManifestHash, short
 from dhtshare.core.manifest import Manifest
 from dhtshare.disk.chunkfile import ChunkFile, journal_path
-from dhtshare.errors import StorageError, StorageFull, os_error
+from dhtshare.errors import DhtshareError, StorageError, StorageFull, os_error
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,19 @@ class Entry:
             log.warning("%s changed or vanished since it was shared; not serving it", self.path)
             self.valid = False
         return self.valid
+
+    def copy_into(self, dst: ChunkFile, stop: threading.Event | None = None) -> None:
+        """Copy the chunks held here that ``dst`` lacks, each verified by ``dst``.
+
+        Best effort and blocking (run it in a thread): a chunk that cannot be
+        read or does not verify is left out; ``stop`` ends it early.
+        """
+        for i in self.held_indices():
+            if stop is not None and stop.is_set():
+                return
+            if not dst.held[i]:
+                with contextlib.suppress(OSError, DhtshareError):
+                    dst.write_verified(i, self.read_chunk(i))
 
     def read_chunk(self, index: int) -> bytes:
         m = self.manifest
@@ -363,9 +376,9 @@ class ContentStore:
         self.replica_dir.mkdir(parents=True, exist_ok=True)
         cf = ChunkFile.open(self.replica_path(src.manifest.hash), src.manifest)
         try:
-            for i in range(src.manifest.chunk_count):
-                if not cf.held[i] and not cf.write_verified(i, src.read_chunk(i)):
-                    raise StorageError(f"{src.path} no longer matches what was published")
+            src.copy_into(cf)
+            if cf.held_count != src.manifest.chunk_count:
+                raise StorageError(f"{src.path} no longer matches what was published")
         except BaseException:
             cf.close()
             raise

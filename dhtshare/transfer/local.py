@@ -9,7 +9,6 @@ thread and check ``stop`` between chunks, so a cancelled fetch ends quickly
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -59,7 +58,7 @@ async def copy_local(
 async def copy_held(src: Entry, dst: ChunkFile) -> None:
     """Copy (and verify) the chunks ``src`` holds that ``dst`` lacks."""
     stop = threading.Event()
-    await in_thread(functools.partial(_copy_held, src, dst, stop), interrupt=stop)
+    await in_thread(functools.partial(src.copy_into, dst, stop), interrupt=stop)
 
 
 def _copy_file(entry: Entry, target: Path, stop: threading.Event) -> None:
@@ -80,12 +79,3 @@ def _copy_file(entry: Entry, target: Path, stop: threading.Event) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _copy_held(src: Entry, dst: ChunkFile, stop: threading.Event) -> None:
-    for i in src.held_indices():
-        if stop.is_set():
-            return
-        if not dst.held[i]:
-            with contextlib.suppress(OSError, DhtshareError):
-                dst.write_verified(i, src.read_chunk(i))
