@@ -151,11 +151,11 @@ class FrameDecoder:
             bstart = hstart + hlen
             if self._end < bstart:
                 break
+            header = bytes(buf[hstart:bstart])
             if blen and self.admit_body is not None:
-                self.admit_body(bytes(buf[hstart:bstart]), blen)  # pure: may be asked again
+                self.admit_body(header, blen)  # pure: may be asked again as bytes arrive
             have = self._end - bstart
             if have >= blen:
-                header = bytes(buf[hstart:bstart])
                 body = bytes(buf[bstart : bstart + blen])
                 self._frames.append(Frame(header, body))
                 self._start = bstart + blen
@@ -167,7 +167,7 @@ class FrameDecoder:
             body_buf = self.alloc(blen)
             body_buf[:have] = buf[bstart : self._end]
             self._body, self._body_filled = body_buf, have
-            self._body_header = bytes(buf[hstart:bstart])
+            self._body_header = header
             self._start = self._end = 0
             break
         if self._start == self._end:
