@@ -80,3 +80,6 @@ class Config:
     repair_interval: float = 300.0
     #: Longest a stopping node spends handing off chunks before it exits.
     handoff_timeout: float = 30.0
+    #: Benchmarks only: peer links in plaintext, unauthenticated (both ends must
+    #: agree).  Set by ``DHTSHARE_BENCH_PLAINTEXT_LINKS=1``; there is no flag.
+    plaintext_links: bool = False

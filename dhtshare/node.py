@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dhtshare.config import Config
+from dhtshare.core.handshake import LinkSecurity
 from dhtshare.core.ids import short
 from dhtshare.core.manifest import Manifest
 from dhtshare.core.providers import ProviderRecord
@@ -93,9 +94,12 @@ class Node:
             dht = Dht(data.node_id, timeout=config.dht_timeout, dead_ttl=config.dead_peer_ttl)
             undo.callback(dht.stop)
             closed = _forget_leaving(dht)
-            port = await _bind(config, server, dht, data.node_id, closed)
+            link = None if config.plaintext_links else LinkSecurity(data.identity)
+            if link is None:
+                log.warning("peer links are PLAINTEXT and unauthenticated (benchmarking only)")
+            port = await _bind(config, server, dht, data.node_id, closed, link)
             pool = PeerPool(make_hello(data.node_id, port), server, config.connect_timeout,
-                            closed)
+                            closed, link)
             undo.callback(pool.close_all)
             node = cls(config, data, store, server, dht, pool, port)
             await node.control.start()
@@ -186,12 +190,12 @@ def _forget_leaving(dht: Dht) -> Callable[[Connection], None]:
 
 
 async def _bind(config: Config, server: ChunkServer, dht: Dht, node_id: bytes,
-                closed: Callable[[Connection], None]) -> int:
+                closed: Callable[[Connection], None], link: LinkSecurity | None) -> int:
     """Bind TCP and UDP on one port (the one asked for, or one free for both)."""
     host, want = config.host, config.port
     for _attempt in range(BIND_ATTEMPTS):
         try:
-            port = await server.listen(host, want, node_id, closed)
+            port = await server.listen(host, want, node_id, closed, link)
         except OSError as err:
             raise _bind_error(err, host, want, "TCP") from err
         try:

@@ -115,6 +115,11 @@ def build_config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, i
                 kw[name] = float(env[key])
             except ValueError as err:
                 raise ConfigError(f"{key} must be a number of seconds") from err
+    plain = env.get("DHTSHARE_BENCH_PLAINTEXT_LINKS", "")
+    if plain not in ("", "0", "1"):
+        raise ConfigError("DHTSHARE_BENCH_PLAINTEXT_LINKS must be 0 or 1")
+    if plain == "1":
+        kw["plaintext_links"] = True
     return Config(data_dir=data_dir, host=host, port=port, advertise=advertise, peers=peers,
                   join_timeout=join_timeout, **kw)
 

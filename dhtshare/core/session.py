@@ -17,13 +17,11 @@ breaking one (a request before the handshake, anything after BYE) raises
 anything else, that is a bug here.
 
 Every byte in either direction passes through the session's :class:`RecordCodec`.
-Today that is :class:`PlainCodec`: frames as they are, bodies received into
-pooled buffers and sent as given, never copied.  The authenticated, encrypted
-link (a Noise IK/XX handshake, then AES-GCM records) plugs in here rather than
-around the session: a ``SECURING`` state between ``IDLE`` and ``AWAIT_HELLO``
-in the tables below, whose bytes go to the handshake, after which the session
-swaps in an AEAD codec (``raw_bodies = False``: ``sendfile`` then falls back
-to reading) and checks that the peer's HELLO names the node its key belongs to.
+By default that is :class:`~dhtshare.core.records.SecureCodec`: a Noise
+handshake and then AES-GCM records, with the HELLO held until the keys exist;
+the session checks that the peer's HELLO names the node its key belongs to,
+and, for a dialer, that this is the node it meant to reach.  A
+:class:`PlainCodec` (benchmarks only) passes frames as they are.
 """
 
 from __future__ import annotations
@@ -35,7 +33,8 @@ from typing import TypeAlias
 from dhtshare.config import MAX_BODY_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS, PROTOCOL_VERSION
 from dhtshare.core import messages as m
 from dhtshare.core.framing import Buffer, encode_prefix
-from dhtshare.core.records import Body, PlainCodec, RecordCodec, Wire
+from dhtshare.core.identity import node_id_of
+from dhtshare.core.records import Body, PlainCodec, RecordCodec, SealedBody, SecureCodec, Wire
 from dhtshare.errors import LocalProtocolError, RemoteProtocolError
 
 #: Requests a peer may have outstanding with us at once.
@@ -204,8 +203,11 @@ class Session:
         serves_requests: bool,
         max_incoming: int = MAX_INCOMING_REQUESTS,
         codec: RecordCodec | None = None,
+        expect: bytes | None = None,
     ) -> None:
         self.hello = hello
+        #: The node id a dialer meant to reach; a peer that is another node is refused.
+        self.expect = expect
         #: Whether the peer may send us requests; a link that only fetches refuses them.
         self.serves_requests = serves_requests
         self.max_incoming = max_incoming
@@ -238,9 +240,23 @@ class Session:
         return frozenset(self._outstanding)
 
     # -- opening and closing ---------------------------------------------------------
+    @property
+    def peer_key(self) -> bytes | None:
+        """The peer's Ed25519 key, proved by the link's handshake (``None`` on a plain link)."""
+        return self.codec.peer_key
+
     def start(self) -> Wire:
-        """What opens the connection (our HELLO); both sides send it at once."""
-        return self.codec.seal(self._head(self.hello, 0), b"")
+        """What opens the connection: the codec's opening, then our HELLO (both sides at once).
+
+        On an encrypted link the HELLO is held by the codec until the keys
+        exist; it comes out of :meth:`data_to_send` then.
+        """
+        opening = self.codec.start()
+        return opening + self.codec.seal(self._head(self.hello, 0), b"")
+
+    def data_to_send(self) -> Wire:
+        """What the link has to send on its own after bytes came in (handshake messages)."""
+        return self.codec.data_to_send()
 
     def close(self) -> None:
         """We are done: nothing more is sent, and whatever still arrives is dropped."""
@@ -359,6 +375,7 @@ class Session:
             case m.Hello():
                 if msg.version != PROTOCOL_VERSION:
                     raise RemoteProtocolError(f"unsupported protocol version {msg.version}")
+                self._check_identity(msg)
                 self.peer_hello = msg
                 event = HandshakeDone(msg)
             case _:  # pragma: no cover - RECEIVE refuses every other kind
@@ -366,6 +383,19 @@ class Session:
         if after is not self._state:
             self._enter(after)
         return event
+
+    def _check_identity(self, hello: m.Hello) -> None:
+        key = self.codec.peer_key
+        if key is not None and node_id_of(key) != hello.node_id:
+            raise RemoteProtocolError(
+                f"the peer says it is node {hello.node_id.hex()[:16]}, "
+                f"but its key belongs to node {node_id_of(key).hex()[:16]}"
+            )
+        if self.expect is not None and hello.node_id != self.expect:
+            raise RemoteProtocolError(
+                f"the peer is node {hello.node_id.hex()[:16]}, "
+                f"not node {self.expect.hex()[:16]} that we meant to reach"
+            )
 
     def _refusal(self, msg: m.Message) -> str:
         name = type(msg).__name__
@@ -400,6 +430,21 @@ class Session:
         if via is not None:
             raise LocalProtocolError(f"{type(msg).__name__} is sent with {via}")
         return self.codec.seal(self._head(msg, body_len), b"")
+
+    def reserve(self, msg: m.Message, body_len: int) -> SealedBody:
+        """``msg`` with a body of ``body_len`` bytes still to be filled in (a file's range).
+
+        The sealed link's counterpart of :meth:`send_prefix`: the frame takes
+        its place in the stream now, and the caller fills and encrypts it
+        wherever it likes (a thread) before writing it, ahead of anything sent
+        after this call.
+        """
+        if not isinstance(self.codec, SecureCodec):
+            raise LocalProtocolError("this link sends bodies raw: use send_prefix()")
+        via = _SENT_BY.get(KINDS[msg.TYPE])
+        if via is not None:
+            raise LocalProtocolError(f"{type(msg).__name__} is sent with {via}")
+        return self.codec.reserve(self._head(msg, body_len), body_len)
 
     def next_id(self) -> int:
         """A request id that is not outstanding (they count up from 1 and wrap around)."""
@@ -465,6 +510,7 @@ __all__ = [
     "Request",
     "RequestMessage",
     "Response",
+    "SealedBody",
     "Session",
     "State",
     "Wire",

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 
 from dhtshare.core import messages as m
+from dhtshare.core.handshake import LinkSecurity
+from dhtshare.errors import PeerError
 from dhtshare.net.transport import Connection, Handler, connect
 
 log = logging.getLogger(__name__)
@@ -23,35 +25,44 @@ class PeerPool:
         handler: Handler | None,
         timeout: float,
         on_close: Callable[[Connection], None] | None = None,
+        link: LinkSecurity | None = None,
     ) -> None:
         self._hello = hello
+        self._link = link
         self._handler = handler
         self._timeout = timeout
         self._on_close = on_close
         self._conns: dict[Address, Connection] = {}
         self._connecting: dict[Address, asyncio.Task[Connection]] = {}
 
-    async def get(self, addr: Address) -> Connection:
-        """The open connection to ``addr``, connecting (once) if needed."""
+    async def get(self, addr: Address, node_id: bytes | None = None) -> Connection:
+        """The open connection to ``addr``, connecting (once) if needed.
+
+        With ``node_id`` (from a signed record or a contact), the peer there
+        must prove it is that node, or :class:`PeerError` says who it is.
+        """
         conn = self._conns.get(addr)
-        if conn is not None and conn.is_open:
-            return conn
-        task = self._connecting.get(addr)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._connect(addr))
-            self._connecting[addr] = task
-            task.add_done_callback(lambda _t: self._connecting.pop(addr, None))
-        return await asyncio.shield(task)
+        if conn is None or not conn.is_open:
+            task = self._connecting.get(addr)
+            if task is None:
+                task = asyncio.get_running_loop().create_task(self._connect(addr, node_id))
+                self._connecting[addr] = task
+                task.add_done_callback(lambda _t: self._connecting.pop(addr, None))
+            conn = await asyncio.shield(task)
+        hello = conn.peer_hello
+        if node_id is not None and hello is not None and hello.node_id != node_id:
+            raise PeerError(f"peer {addr[0]}:{addr[1]} is node {hello.node_id.hex()[:16]}, "
+                            f"not node {node_id.hex()[:16]}")
+        return conn
 
     def peek(self, addr: Address) -> Connection | None:
         """The open connection to ``addr``, if there is one (never connects)."""
         conn = self._conns.get(addr)
         return conn if conn is not None and conn.is_open else None
 
-    async def _connect(self, addr: Address) -> Connection:
-        conn = await connect(
-            addr[0], addr[1], self._hello, self._handler, self._timeout, self._forget
-        )
+    async def _connect(self, addr: Address, node_id: bytes | None) -> Connection:
+        conn = await connect(addr[0], addr[1], self._hello, self._handler, self._timeout,
+                             self._forget, link=self._link, expect=node_id)
         self._conns[addr] = conn
         return conn
 

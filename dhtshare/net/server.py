@@ -24,6 +24,7 @@ from dhtshare.config import KIB, MIB
 from dhtshare.core import messages as m
 from dhtshare.core.bitfield import bitfield_from_indices
 from dhtshare.core.framing import Buffer
+from dhtshare.core.handshake import LinkSecurity
 from dhtshare.core.manifest import Manifest
 from dhtshare.disk.buffers import POOL
 from dhtshare.disk.store import ContentStore
@@ -73,8 +74,12 @@ class ChunkServer:
         self.bytes_stored = 0
 
     # -- the TCP listener ---------------------------------------------------------
-    async def listen(self, host: str, port: int, node_id: bytes, on_close: Closed) -> int:
+    async def listen(self, host: str, port: int, node_id: bytes, on_close: Closed,
+                     link: LinkSecurity | None) -> int:
         """Accept peer connections on ``host:port`` (0: any free port); returns the port.
+
+        ``link`` is the node's key material for encrypted links (``None``: plaintext,
+        for benchmarks only).
 
         Raises ``OSError`` when the address cannot be bound; the caller, which
         also needs the UDP port of the same number, says what to do about it.
@@ -88,7 +93,7 @@ class ChunkServer:
 
         def accept() -> Connection:
             assert hello is not None  # set below, before the loop can call us
-            conn = Connection(hello, self, closed)
+            conn = Connection(hello, self, closed, link=link, initiator=False)
             self._inbound.add(conn)
             return conn
 

@@ -11,10 +11,12 @@ is then hashed and written.  Many requests share one long-lived connection
 connection with a logged reason.  Nothing above it sees a socket.
 
 The I/O concerns stay here: the handshake timeout, write back-pressure,
-``sendfile`` for chunks that are already in a file, and a future per request.
-An encrypted link is a record codec inside the session, not a wrapper here;
-only :meth:`Connection.send_file` will need a fallback then (reading the file
-and sending it through the session), since a sealed body cannot go out raw.
+sending a file's range, and a future per request.  Links are encrypted and
+authenticated by default (the session's :class:`~dhtshare.core.records.SecureCodec`,
+given the node's :class:`~dhtshare.core.handshake.LinkSecurity`): a file's
+range is then read into its records' places and encrypted in a thread,
+holding later writes until it is written.  Only a node started with the
+benchmarking switch (``link=None``) sends plaintext, with ``sendfile``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
@@ -29,6 +32,8 @@ from typing import BinaryIO, Protocol
 from dhtshare.config import PROTOCOL_VERSION
 from dhtshare.core import messages as m
 from dhtshare.core.framing import Buffer
+from dhtshare.core.handshake import LinkSecurity
+from dhtshare.core.records import RecordCodec, SecureCodec
 from dhtshare.core.session import (
     MAX_INCOMING_REQUESTS,
     Body,
@@ -40,6 +45,7 @@ from dhtshare.core.session import (
     PlainCodec,
     Request,
     Response,
+    SealedBody,
     Session,
     Wire,
 )
@@ -82,11 +88,18 @@ class Connection(asyncio.BufferedProtocol):
         hello: m.Hello,
         handler: Handler | None = None,
         on_close: Callable[[Connection], None] | None = None,
+        *,
+        link: LinkSecurity | None,
+        initiator: bool,
+        expect: bytes | None = None,
     ) -> None:
+        codec: RecordCodec
+        if link is None:  # the benchmarking switch: plaintext, unauthenticated
+            codec = PlainCodec(alloc=POOL.get)
+        else:
+            codec = SecureCodec(link.handshake(initiator, expect), POOL.get, link.learn)
         #: The protocol state; the server settles requests with ``session.incoming_done()``.
-        self.session = Session(
-            hello, handler is not None, MAX_INCOMING_REQUESTS, PlainCodec(alloc=POOL.get)
-        )
+        self.session = Session(hello, handler is not None, MAX_INCOMING_REQUESTS, codec, expect)
         self._handler = handler
         self._on_close = on_close
         self.transport: asyncio.Transport | None = None
@@ -121,6 +134,11 @@ class Connection(asyncio.BufferedProtocol):
         """The peer's HELLO, once the handshake is done."""
         return self.session.peer_hello
 
+    @property
+    def peer_key(self) -> bytes | None:
+        """The peer's Ed25519 key, proved by the link (``None`` on a plaintext link)."""
+        return self.session.peer_key
+
     # -- asyncio protocol callbacks ------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -150,6 +168,9 @@ class Connection(asyncio.BufferedProtocol):
         self.bytes_received += nbytes
         session = self.session
         session.buffer_updated(nbytes)
+        out = session.data_to_send()
+        if out:
+            self._write(out)
         try:
             while (event := session.next_event()) is not None:
                 self._on_event(event)
@@ -276,16 +297,20 @@ class Connection(asyncio.BufferedProtocol):
                 transport.write(piece)
 
     async def send_file(self, msg: m.Message, file: BinaryIO, offset: int, count: int) -> None:
-        """Send ``msg`` with ``count`` bytes of ``file`` as its body, kernel to socket.
+        """Send ``msg`` with ``count`` bytes of ``file`` as its body.
 
-        ``loop.sendfile`` uses ``sendfile(2)`` on a plain TCP transport (the
-        payload never enters Python); only the frame's prefix comes from the
-        session.  Other messages sent meanwhile are held and follow the body.
+        Other messages sent meanwhile are held and follow the body.  On an
+        encrypted link the range is read straight into its records' places
+        and encrypted there, in a thread (both let go of the GIL); on a plain
+        one ``loop.sendfile`` copies it kernel to socket.
         """
         if self.transport is None or self.transport.is_closing():
             return
         if self._held is not None:
             raise LocalProtocolError("send_file while another send_file is running")
+        if not self.session.codec.raw_bodies:
+            await self._send_sealed_file(msg, file, offset, count)
+            return
         self._write(self.session.send_prefix(msg, count))
         self._held = []
         try:
@@ -301,6 +326,30 @@ class Connection(asyncio.BufferedProtocol):
         if sent != count:
             # The frame promised ``count`` bytes: the stream cannot be repaired.
             self.abort(f"file ended after {sent} of {count} bytes")
+
+    async def _send_sealed_file(
+        self, msg: m.Message, file: BinaryIO, offset: int, count: int
+    ) -> None:
+        sealed = self.session.reserve(msg, count)  # its place in the stream is taken now
+        self._held = []
+        try:
+            got = await asyncio.to_thread(_fill, sealed, file.fileno(), offset)
+        except OSError as err:
+            self.abort(f"reading a file to send failed: {err}")
+            return
+        except asyncio.CancelledError:
+            self.abort("stopped while sending a file")  # its records' nonces are spent
+            raise
+        finally:
+            held, self._held = self._held, None
+        if got != count:
+            self.abort(f"file ended after {got} of {count} bytes")
+            return
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(sealed.wire)
+            for data in held:
+                transport.write(data)
 
     async def drain(self) -> None:
         """Wait until the kernel has taken most of what we queued."""
@@ -364,6 +413,28 @@ class Connection(asyncio.BufferedProtocol):
         raise RemoteProtocolError(f"unexpected answer {type(reply).__name__}")
 
 
+def _fill(sealed: SealedBody, fd: int, offset: int) -> int:
+    """Read the file's range into the sealed frame's records and encrypt them (in a thread)."""
+    slots = sealed.slots()
+    want = sum(len(s) for s in slots)
+    got = os.preadv(fd, slots, offset) if slots else 0
+    while 0 < got < want:  # a short read (rare): go on where it stopped
+        rest, skip = [], got
+        for s in slots:
+            if skip >= len(s):
+                skip -= len(s)
+                continue
+            rest.append(s[skip:])
+            skip = 0
+        more = os.preadv(fd, rest, offset + got)
+        if more <= 0:
+            break
+        got += more
+    if got == want:
+        sealed.encrypt()
+    return got
+
+
 async def connect(
     host: str,
     port: int,
@@ -371,13 +442,22 @@ async def connect(
     handler: Handler | None,
     timeout: float,
     on_close: Callable[[Connection], None] | None = None,
+    *,
+    link: LinkSecurity | None,
+    expect: bytes | None = None,
 ) -> Connection:
-    """Open a connection and complete the handshake, or raise :class:`PeerError`."""
+    """Open a connection and complete the handshake, or raise :class:`PeerError`.
+
+    With ``expect``, the peer must prove it is that node (its key), or the
+    connection is refused as a :class:`RemoteProtocolError`.
+    """
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
             _, conn = await loop.create_connection(
-                lambda: Connection(hello, handler, on_close), host, port
+                lambda: Connection(hello, handler, on_close, link=link, initiator=True,
+                                   expect=expect),
+                host, port,
             )
     except TimeoutError as err:
         raise PeerTimeout(f"connecting to {host}:{port} timed out") from err

@@ -222,7 +222,7 @@ class ProviderSource:
     async def _attempt(self, rec: ProviderRecord, errors: list[str]) -> Manifest | None:
         """One provider's manifest, verified; ``None`` (and the reason in ``errors``) if not."""
         try:
-            conn = await self.s.pool.get(rec.address)
+            conn = await self.s.pool.get(rec.address, rec.node_id)
             data = await conn.get_manifest(self.mh, MANIFEST_TIMEOUT)
             return Manifest.decode_verified(bytes(data), self.mh)
         except (IntegrityError, ManifestError) as err:

@@ -113,7 +113,7 @@ class Replicator:
         async def ask(rec: ProviderRecord) -> Holder | None:
             try:
                 async with asyncio.timeout(SURVEY_TIMEOUT):
-                    conn = await self.s.pool.get(rec.address)
+                    conn = await self.s.pool.get(rec.address, rec.node_id)
                     have = await conn.get_have(h, SURVEY_TIMEOUT)
                 held = None if have.complete else set(indices_from_bitfield(n, have.bitfield))
                 return Holder(rec.node_id, rec.address, have.durable, held, have.replicas)
@@ -153,7 +153,7 @@ class Replicator:
 
         async def run(nid: bytes, idx: list[int]) -> tuple[bytes, list[int], list[int]]:
             async with sem:
-                return (nid, *await self._push(entry, addr_of[nid], idx, replicas))
+                return (nid, *await self._push(entry, addr_of[nid], idx, replicas, nid))
 
         for _round in range(len(cands) + 1):
             plan: dict[bytes, list[int]] = {}
@@ -185,14 +185,14 @@ class Replicator:
         return result
 
     async def _push(
-        self, entry: Entry, addr: Address, indices: list[int], replicas: int
+        self, entry: Entry, addr: Address, indices: list[int], replicas: int, node_id: bytes
     ) -> tuple[list[int], list[int]]:
         """Send the manifest and ``indices`` to one target; (stored, failed)."""
         manifest = entry.manifest
         timeout = self.s.config.request_timeout
         stored: list[int] = []
         try:
-            conn = await self._put_manifest(entry, addr, replicas)
+            conn = await self._put_manifest(entry, addr, replicas, node_id)
             window = max(2, PUSH_WINDOW // manifest.chunk_size)
             pending: dict[int, asyncio.Future[Reply]] = {}
             queue = list(indices)
@@ -219,10 +219,15 @@ class Replicator:
             return stored, [i for i in indices if i not in set(stored)]
         return stored, []
 
-    async def _put_manifest(self, entry: Entry, addr: Address, replicas: int) -> Connection:
-        """Ask ``addr`` to hold a replica of ``entry``; raises :class:`_Declined` if it won't."""
+    async def _put_manifest(
+        self, entry: Entry, addr: Address, replicas: int, node_id: bytes
+    ) -> Connection:
+        """Ask node ``node_id`` at ``addr`` to hold a replica of ``entry``.
+
+        Raises :class:`_Declined` if it won't; the link refuses anyone but that node.
+        """
         manifest = entry.manifest
-        conn = await self.s.pool.get(addr)
+        conn = await self.s.pool.get(addr, node_id)
         req = conn.next_id()
         msg = m.PutManifest(req, manifest.hash, replicas, manifest.encode())
         reply, _ = await conn.request(msg, req, self.s.config.request_timeout)
@@ -256,7 +261,7 @@ class Replicator:
             if len(result.targets) >= replicas:
                 break
             try:
-                await self._put_manifest(entry, addr, replicas)
+                await self._put_manifest(entry, addr, replicas, nid)
             except (_Declined, PeerError, RemoteProtocolError, OSError) as err:
                 log.info("replica target %s:%d declined: %s", *addr, err)
                 continue

@@ -77,7 +77,7 @@ class Supervisor:
             if addr in dl.book.banned or (task is not None and not task.done()):
                 continue
             dl.wakeups[addr] = asyncio.Event()
-            self.workers[addr] = tg.create_task(run_worker(dl, addr))
+            self.workers[addr] = tg.create_task(run_worker(dl, addr, rec.node_id))
 
     async def _watch(self) -> None:
         dl, source = self.dl, self.source

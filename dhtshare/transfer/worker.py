@@ -38,14 +38,17 @@ log = logging.getLogger(__name__)
 START_GRACE = 0.3
 
 
-async def run_worker(dl: Download, addr: Address) -> None:
-    """Download from ``addr`` until the file is complete or the peer drops out."""
+async def run_worker(dl: Download, addr: Address, node_id: bytes | None = None) -> None:
+    """Download from ``addr`` until the file is complete or the peer drops out.
+
+    ``node_id`` is who the provider record says is there: the link refuses anyone else.
+    """
     s = dl.services
     mh = dl.manifest.hash
     conn: Connection | None = None
     listener = functools.partial(_on_have, dl, addr)
     try:
-        conn = await s.pool.get(addr)
+        conn = await s.pool.get(addr, node_id)
         hello = conn.peer_hello
         if hello is None or hello.node_id == s.node_id or hello.node_id in dl.book.banned_ids:
             return

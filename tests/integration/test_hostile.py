@@ -1,5 +1,10 @@
 """Hostile peers against a real node process: raw TCP frames and raw UDP datagrams.
 
+A raw peer completes the link's Noise handshake with a key of its own (any
+stranger can) and then sends whatever bytes it likes inside valid records, so
+the frame layer behind the encryption is attacked as before; a few tests send
+garbage where the handshake should be.
+
 The protocol's rules (handshake, message kinds, the request cap, garbage) are
 tested without a process against the session in ``tests/unit/test_session.py``.
 What is left here needs a real node: that a violation closes the connection
@@ -27,9 +32,12 @@ import pytest
 
 from dhtshare.config import PROTOCOL_VERSION
 from dhtshare.core import messages as m
-from dhtshare.core.framing import PREFIX, FrameDecoder, encode_frame
+from dhtshare.core.framing import PREFIX, Frame, encode_frame
+from dhtshare.core.handshake import LinkSecurity
+from dhtshare.core.identity import Identity
 from dhtshare.core.ids import NODE_ID_LEN
 from dhtshare.core.manifest import Manifest
+from dhtshare.core.records import SecureCodec
 from dhtshare.core.session import MAX_INCOMING_REQUESTS
 from dhtshare.net.dht.client import Dht
 from dhtshare.net.transport import make_hello
@@ -55,18 +63,58 @@ UNKNOWN = hashlib.sha256(b"nobody has this").digest()
 
 
 class RawPeer:
-    """A plain TCP socket to a node, with a frame decoder for what it sends back."""
+    """A TCP socket to a node with its own key: any bytes it sends go inside valid records.
 
-    def __init__(self, port: int) -> None:
+    With ``secure=False`` it stops before the link handshake, and
+    :meth:`send_unsealed` puts bytes on the wire as they are.
+    """
+
+    def __init__(self, port: int, secure: bool = True) -> None:
         self.sock = socket.create_connection((LOOPBACK, port), timeout=CLOSE_TIMEOUT)
         self.local_port = int(self.sock.getsockname()[1])
-        self.decoder = FrameDecoder()
-        self.node_id = os.urandom(NODE_ID_LEN)
+        identity = Identity.generate()
+        self.node_id = identity.node_id
+        self.codec = SecureCodec(LinkSecurity(identity).handshake(True))
+        if secure:
+            self._secure()
+
+    def _secure(self) -> None:
+        self.send_unsealed(b"".join(bytes(p) for p in self.codec.start()))
+        deadline = time.monotonic() + READ_TIMEOUT
+        while not self.codec.secure:
+            left = deadline - time.monotonic()
+            assert left > 0, "no link handshake in time"
+            self.sock.settimeout(left)
+            data = self.sock.recv(1 << 16)
+            assert data, "node closed the connection during the link handshake"
+            self._feed(data)
+            reply = b"".join(bytes(p) for p in self.codec.data_to_send())
+            if reply:
+                self.send_unsealed(reply)
+
+    def _feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            buf = self.codec.get_buffer()
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            self.codec.buffer_updated(n)
+            view = view[n:]
+
+    def frames(self) -> list[Frame]:
+        out = []
+        while (frame := self.codec.next_frame()) is not None:
+            out.append(frame)
+        return out
 
     def close(self) -> None:
         self.sock.close()
 
     def send(self, data: bytes) -> None:
+        """``data`` as the node's frame layer will see it, sealed in records."""
+        self.sock.sendall(b"".join(bytes(p) for p in self.codec.seal(data, b"")))
+
+    def send_unsealed(self, data: bytes) -> None:
         self.sock.sendall(data)
 
     def send_msg(self, msg: m.Message, body: bytes = b"") -> None:
@@ -83,7 +131,7 @@ class RawPeer:
         out: list[tuple[m.Message, bytes]] = []
         deadline = time.monotonic() + timeout
         while True:
-            while len(out) < n and (frame := self.decoder.next_frame()) is not None:
+            while len(out) < n and (frame := self.codec.next_frame()) is not None:
                 out.append((m.decode(frame.header, frame.body), bytes(frame.body)))
             if len(out) == n:
                 return out
@@ -92,7 +140,7 @@ class RawPeer:
             self.sock.settimeout(left)
             data = self.sock.recv(1 << 16)
             assert data, f"node closed the connection after {len(out)} of {n} messages"
-            self.decoder.feed(data)
+            self._feed(data)
 
     def handshake(self) -> m.Hello:
         """Send a valid HELLO and return the node's."""
@@ -106,7 +154,7 @@ class RawPeer:
     def wait_closed(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """True once the node has closed the connection (EOF or reset) within ``timeout``.
 
-        What the node sent meanwhile is kept in :attr:`decoder`.
+        What the node sent meanwhile is kept for :meth:`frames`.
         """
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
@@ -119,7 +167,7 @@ class RawPeer:
                 return False
             if not data:
                 return True
-            self.decoder.feed(data)
+            self._feed(data)
         return False
 
 
@@ -136,6 +184,11 @@ def send_quietly(peer: RawPeer, data: bytes) -> None:
     """Send, tolerating a node that already hung up on us."""
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         peer.send(data)
+
+
+def send_quietly_unsealed(peer: RawPeer, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        peer.send_unsealed(data)
 
 
 def wait_log(node: NodeProc, text: str, timeout: float = 5.0) -> str:
@@ -229,8 +282,28 @@ def test_garbage_bytes_close_the_connection(target: NodeProc, garbage: bytes) ->
         send_quietly(peer, garbage)
         assert_closed_for_violation(target, peer)
         # Nothing but the node's HELLO came back.
-        frames = peer.decoder.frames()
+        frames = peer.frames()
         assert all(m.decode(f.header, f.body).TYPE is m.MsgType.HELLO for f in frames)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [GARBAGE["http"], GARBAGE["random"], encode_frame(m.encode(make_hello(b"x" * 20, 1)))],
+    ids=["http", "random", "plaintext-hello"],
+)
+def test_garbage_instead_of_the_link_handshake_closes_the_connection(
+    target: NodeProc, garbage: bytes
+) -> None:
+    """A peer that skips the encryption (an old or plaintext node, or a scanner) gets nothing."""
+    peer = RawPeer(target.port, secure=False)
+    try:
+        send_quietly_unsealed(peer, garbage)
+        assert peer.wait_closed(), "node kept a connection without a handshake open"
+        log = wait_log(target, f"{LOOPBACK}:{peer.local_port}: protocol violation")
+        assert f"{LOOPBACK}:{peer.local_port}: protocol violation" in log
+    finally:
+        peer.close()
+    assert_still_serves(target)
 
 
 # --- well-formed requests ------------------------------------------------------------------

@@ -16,9 +16,11 @@ import pytest
 from dhtshare.config import Config
 from dhtshare.core import messages as m
 from dhtshare.core.framing import encode_frame
+from dhtshare.core.handshake import LinkSecurity
+from dhtshare.core.identity import Identity
 from dhtshare.core.ids import parse_manifest_hash
 from dhtshare.disk.hashing import sha256_file
-from dhtshare.net.transport import connect, make_hello
+from dhtshare.net.transport import Connection, connect, make_hello
 from dhtshare.node import Node
 from dhtshare.ops import PublishArgs
 from tests.conftest import LOOPBACK
@@ -26,6 +28,13 @@ from tests.conftest import LOOPBACK
 pytestmark = pytest.mark.timeout(60)
 
 CHUNK = 64 * 1024
+
+
+async def dial(port: int) -> Connection:
+    """A stranger's link to the node on ``port``: its own key, nothing else."""
+    me = Identity.generate()
+    return await connect(LOOPBACK, port, make_hello(me.node_id, 1), None, 10,
+                         link=LinkSecurity(me))
 
 
 async def test_push_onto_a_user_copy_keeps_it_whole(tmp_path: Path) -> None:
@@ -36,7 +45,7 @@ async def test_push_onto_a_user_copy_keeps_it_whole(tmp_path: Path) -> None:
         published = await holder.ops.publish(PublishArgs(src, CHUNK))
         h = parse_manifest_hash(published.hash)
         manifest = holder.store.entries[h].manifest
-        conn = await connect(LOOPBACK, holder.port, make_hello(os.urandom(20), 1), None, 10)
+        conn = await dial(holder.port)
         try:
             req = conn.next_id()
             reply, _ = await conn.request(m.PutManifest(req, h, 2, manifest.encode()), req, 10)
@@ -58,12 +67,14 @@ async def test_push_onto_a_user_copy_keeps_it_whole(tmp_path: Path) -> None:
 async def test_cancels_for_unknown_requests_cost_nothing(tmp_path: Path) -> None:
     """CANCEL does not count against the request cap, so it must not be remembered."""
     async with Node.open(Config(data_dir=tmp_path / "n", host=LOOPBACK)) as node:
-        conn = await connect(LOOPBACK, node.port, make_hello(os.urandom(20), 1), None, 10)
+        conn = await dial(node.port)
         try:
             assert conn.transport is not None
-            # A hostile peer, so the frames go around our own session's rules.
-            conn.transport.write(b"".join(encode_frame(m.encode(m.Cancel(i)))
-                                          for i in range(20_000)))
+            # A hostile peer, so the frames go around our own session's rules
+            # (sealed by its link's codec, as any stranger's would be).
+            frames = b"".join(encode_frame(m.encode(m.Cancel(i))) for i in range(20_000))
+            for piece in conn.session.codec.seal(frames, b""):
+                conn.transport.write(piece)
             await conn.drain()
             have = conn.next_id()  # a request behind them: all were read when it is answered
             reply, _ = await conn.request(m.GetManifest(have, os.urandom(32)), have, 10)

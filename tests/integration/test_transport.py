@@ -2,8 +2,9 @@
 
 The protocol rules are tested without sockets in ``tests/unit/test_session.py``;
 these check the asyncio shell around them: futures per request, CANCEL on
-``forget``, bodies received into pooled buffers, ``sendfile``, and violations
-turned into closed connections.
+``forget``, bodies received into pooled buffers, a file's range sent sealed
+(encrypted links, the default) or by ``sendfile`` (the plaintext benchmarking
+switch), who the peer proves to be, and violations turned into closed connections.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import mmap
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +22,8 @@ import pytest
 from dhtshare.config import MIB
 from dhtshare.core import messages as m
 from dhtshare.core.framing import Buffer
+from dhtshare.core.handshake import LinkSecurity
+from dhtshare.core.identity import Identity
 from dhtshare.core.ids import HASH_LEN
 from dhtshare.errors import PeerError
 from dhtshare.net.transport import Connection, connect, make_hello
@@ -29,6 +32,23 @@ from tests.conftest import LOOPBACK
 pytestmark = pytest.mark.timeout(30)
 
 H = b"h" * HASH_LEN
+
+
+class Endpoint:
+    """One side's identity: its HELLO and its link keys (``None``: the plaintext switch)."""
+
+    def __init__(self, port: int, secure: bool = True) -> None:
+        self.identity = Identity.generate()
+        self.hello = make_hello(self.identity.node_id, port)
+        self.link = LinkSecurity(self.identity) if secure else None
+
+    def connection(
+        self, handler: Handler | None, on_close: Callable[[Connection], None] | None = None
+    ) -> Connection:
+        return Connection(self.hello, handler, on_close, link=self.link, initiator=False)
+
+    async def dial(self, port: int, expect: bytes | None = None) -> Connection:
+        return await connect(LOOPBACK, port, self.hello, None, 5, link=self.link, expect=expect)
 
 
 class Handler:
@@ -65,19 +85,22 @@ class Handler:
 
 
 @contextlib.asynccontextmanager
-async def linked(handler: Handler | None) -> AsyncIterator[tuple[Connection, Connection]]:
+async def linked(
+    handler: Handler | None, secure: bool = True
+) -> AsyncIterator[tuple[Connection, Connection]]:
     """(the accepting side, serving with ``handler``; the connecting side, serving nothing)."""
     loop = asyncio.get_running_loop()
     accepted: asyncio.Future[Connection] = loop.create_future()
+    near, far = Endpoint(1, secure), Endpoint(2, secure)
 
     def accept() -> Connection:
-        conn = Connection(make_hello(os.urandom(20), 1), handler)
+        conn = near.connection(handler)
         accepted.set_result(conn)
         return conn
 
     server = await loop.create_server(accept, LOOPBACK, 0)
     port = server.sockets[0].getsockname()[1]
-    client = await connect(LOOPBACK, port, make_hello(os.urandom(20), 2), None, 5)
+    client = await far.dial(port, near.identity.node_id)
     conn = await asyncio.wait_for(accepted, 5)
     try:
         await conn.wait_handshake(5)
@@ -91,13 +114,13 @@ async def linked(handler: Handler | None) -> AsyncIterator[tuple[Connection, Con
 
 async def test_bye_tells_the_peer_we_are_leaving() -> None:
     closed: asyncio.Queue[Connection] = asyncio.Queue()
-    hello_a = make_hello(os.urandom(20), 1)
+    near, far = Endpoint(1), Endpoint(2)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Connection(hello_a, None, closed.put_nowait), LOOPBACK, 0)
+        lambda: near.connection(None, closed.put_nowait), LOOPBACK, 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        client = await connect(LOOPBACK, port, make_hello(os.urandom(20), 2), None, 5)
+        client = await far.dial(port)
         client.say_bye("upgrading")
         accepted = await asyncio.wait_for(closed.get(), 10)
         assert accepted.farewell == "upgrading"
@@ -110,13 +133,15 @@ async def test_bye_tells_the_peer_we_are_leaving() -> None:
         await server.wait_closed()
 
 
-async def test_answers_arrive_in_pooled_buffers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("secure", [True, False], ids=["encrypted", "plaintext-switch"])
+async def test_answers_arrive_in_pooled_buffers(tmp_path: Path, secure: bool) -> None:
     body = os.urandom(3 * MIB + 7)
     path = tmp_path / "chunk.bin"
     path.write_bytes(os.urandom(2 * MIB + 3))
     handler = Handler(body, path)
-    async with linked(handler) as (server, client):
+    async with linked(handler, secure) as (server, client):
         assert client.peer_hello == server.session.hello
+        assert (client.peer_key is not None) is secure
         got = await client.get_manifest(H, 10)
         assert isinstance(got, mmap.mmap)  # straight from the socket into the pool's buffer
         assert got[:] == body
@@ -155,8 +180,10 @@ async def test_garbage_closes_the_connection_with_its_reason() -> None:
     loop = asyncio.get_running_loop()
     accepted: asyncio.Future[Connection] = loop.create_future()
 
+    near = Endpoint(1)
+
     def accept() -> Connection:
-        conn = Connection(make_hello(os.urandom(20), 1), Handler())
+        conn = near.connection(Handler())
         accepted.set_result(conn)
         return conn
 
@@ -167,8 +194,37 @@ async def test_garbage_closes_the_connection_with_its_reason() -> None:
         conn = await asyncio.wait_for(accepted, 5)
         await asyncio.wait_for(conn.wait_closed(), 5)
         assert conn.close_reason is not None
-        assert conn.close_reason.startswith("protocol violation: frame")
+        assert conn.close_reason.startswith("protocol violation: a link handshake message")
         writer.close()
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_dialer_refuses_a_peer_that_is_not_the_node_it_meant() -> None:
+    """The address answers with a valid key, but not the one the record named."""
+    loop = asyncio.get_running_loop()
+    impostor, dialer, meant = Endpoint(1), Endpoint(2), Endpoint(3)
+    server = await loop.create_server(lambda: impostor.connection(Handler()), LOOPBACK, 0)
+    try:
+        with pytest.raises(PeerError, match="that we meant to reach"):
+            await dialer.dial(server.sockets[0].getsockname()[1], meant.identity.node_id)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_stopped_file_send_closes_the_link(tmp_path: Path) -> None:
+    """A sealed file range whose send is cancelled has spent its nonces: the link must end."""
+    path = tmp_path / "chunk.bin"
+    path.write_bytes(os.urandom(4 * MIB))
+    async with linked(Handler()) as (server, _client):
+        with path.open("rb") as fh:
+            task = asyncio.get_running_loop().create_task(
+                server.send_file(m.Data(1), fh, 0, 4 * MIB))
+            await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.wait_for(server.wait_closed(), 5)
+        assert server.close_reason == "stopped while sending a file"

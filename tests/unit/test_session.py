@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from dhtshare.config import KIB, MIB, PROTOCOL_VERSION
 from dhtshare.core import messages as m
 from dhtshare.core import session as session_module
-from dhtshare.core.framing import PREFIX, Frame, FrameDecoder, encode_frame
+from dhtshare.core.framing import PREFIX, encode_frame
 from dhtshare.core.session import (
     KINDS,
     MAX_INCOMING_REQUESTS,
@@ -40,7 +40,6 @@ from dhtshare.core.session import (
     Response,
     Session,
     State,
-    Wire,
 )
 from dhtshare.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from tests.unit.session_pair import (
@@ -301,45 +300,7 @@ def test_a_body_sent_raw_after_its_prefix() -> None:
 # --- the record codec is where every byte passes --------------------------------------------
 
 
-class XorCodec:
-    """A stand-in for an encrypting record layer: every byte both ways is changed."""
-
-    raw_bodies = False
-    KEY = 0x5A
-
-    def __init__(self) -> None:
-        self.decoder = FrameDecoder()
-        self._buf = bytearray(4096)
-
-    def get_buffer(self) -> memoryview:
-        return memoryview(self._buf)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.decoder.feed(bytes(b ^ self.KEY for b in self._buf[:nbytes]))
-
-    def next_frame(self) -> Frame | None:
-        return self.decoder.next_frame()
-
-    def seal(self, head: bytes, body: Body) -> Wire:
-        return (bytes(b ^ self.KEY for b in head + bytes(body)),)
-
-
-def test_all_traffic_goes_through_the_record_codec() -> None:
-    pair = SessionPair(codecs=(XorCodec(), XorCodec()), handshake=False)
-    wire_a, wire_b = pair.a.start(), pair.b.start()
-    assert HELLO_A.agent.encode() not in joined(wire_a)
-    assert pair.deliver(pair.a, wire_a) == [HandshakeDone(HELLO_A)]
-    assert pair.deliver(pair.b, wire_b) == [HandshakeDone(HELLO_B)]
-    assert pair.request(pair.a, m.GetManifest(1, H)) == [Request(m.GetManifest(1, H), b"")]
-    wire = pair.b.send(m.Data(1), b"secret payload")
-    assert b"secret payload" not in joined(wire)
-    assert pair.deliver(pair.b, wire) == [Response(m.Data(1), b"secret payload")]
-
-
-def test_a_codec_that_seals_bodies_refuses_raw_ones() -> None:
-    pair = SessionPair(codecs=(XorCodec(), XorCodec()))
-    with pytest.raises(LocalProtocolError, match="send"):
-        pair.a.send_prefix(m.Data(1), 100)
+# The encrypted record layer, with a session on each end: tests/unit/test_records.py.
 
 
 # --- hostile peers (the process-free cases of tests/integration/test_hostile.py) -------------
