@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import errno
 import logging
+import resource
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -83,6 +84,7 @@ class Node:
         The control socket answers at once (``status`` says ``joining``);
         operations that need the network wait for the join.
         """
+        _raise_descriptor_limit()
         with contextlib.ExitStack() as undo:
             data = DataDir.open(config.data_dir)
             undo.callback(data.close)
@@ -176,6 +178,18 @@ class Node:
         self.server.announce_chunk(manifest.hash, index)
         if first:
             self.spawn(self.upkeep.announce(manifest.hash))
+
+
+def _raise_descriptor_limit() -> None:
+    """Let the node use every descriptor it may (the soft limit is often 1024, the hard far more).
+
+    Each peer link and each file being served holds one; the inbound cap
+    (:func:`dhtshare.net.server.inbound_limit`) is sized from what this leaves.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _forget_leaving(dht: Dht) -> Callable[[Connection], None]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -38,6 +39,19 @@ INLINE_READ = 64 * KIB
 HAVE_FLUSH_DELAY = 0.02
 #: Bytes of pushed chunks one connection may have queued with us.
 MAX_QUEUED_BYTES = 64 * MIB
+#: Inbound links at once, at most (and never more than a quarter of the
+#: descriptors the process may open: files and outbound links need the rest).
+MAX_INBOUND = 512
+#: Inbound links from one IP address at once: one host cannot take them all.
+MAX_INBOUND_PER_ADDRESS = 16
+
+
+def inbound_limit() -> int:
+    """:data:`MAX_INBOUND`, or less when the descriptor limit is low."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_INBOUND
+    return max(8, min(MAX_INBOUND, soft // 4))
 
 Announce = Callable[[bytes], Awaitable[int]]
 Closed = Callable[[Connection], None]
@@ -60,8 +74,12 @@ class _Queue:
 class ChunkServer:
     """The :class:`~dhtshare.net.transport.Handler` for every peer connection."""
 
-    def __init__(self, store: ContentStore, announce: Announce | None = None) -> None:
+    def __init__(self, store: ContentStore, announce: Announce | None = None,
+                 max_inbound: int | None = None,
+                 max_per_address: int = MAX_INBOUND_PER_ADDRESS) -> None:
         self.store = store
+        self.max_inbound = inbound_limit() if max_inbound is None else max_inbound
+        self.max_per_address = max_per_address
         #: Called once a pushed replica is held, so the node announces it.
         self.announce = announce
         self._listener: asyncio.Server | None = None
@@ -93,7 +111,8 @@ class ChunkServer:
 
         def accept() -> Connection:
             assert hello is not None  # set below, before the loop can call us
-            conn = Connection(hello, self, closed, link=link, initiator=False)
+            conn = Connection(hello, self, closed, link=link, initiator=False,
+                              admit=self._admit)
             self._inbound.add(conn)
             return conn
 
@@ -101,6 +120,16 @@ class ChunkServer:
         bound = int(self._listener.sockets[0].getsockname()[1])
         hello = make_hello(node_id, bound)
         return bound
+
+    def _admit(self, conn: Connection) -> str | None:
+        """Why a new inbound link must be refused (its address is known now), or None."""
+        if len(self._inbound) > self.max_inbound:  # it is counted already
+            return f"at the limit of {self.max_inbound} inbound links"
+        host = conn.peername[0]
+        same = sum(1 for c in self._inbound if c.peername[0] == host and c is not conn)
+        if same >= self.max_per_address:
+            return f"{host} has {same} links open already"
+        return None
 
     def stop_listening(self, bye: str | None = None) -> None:
         """Stop accepting, and close every inbound link (saying ``bye`` first, if given)."""
@@ -178,6 +207,7 @@ class ChunkServer:
                     conn.send(m.NotFound(req))
                     return
                 self._subscribers.setdefault(h, set()).add(conn)
+                conn.subscribed = True
                 if entry.complete:
                     conn.send(m.Have(req, True, b"", entry.durable, entry.replicas))
                 else:

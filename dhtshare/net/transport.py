@@ -63,7 +63,17 @@ log = logging.getLogger(__name__)
 
 SOCKET_BUFFER = 4 * 1024 * 1024
 WRITE_HIGH_WATER = 8 * 1024 * 1024
+#: A peer must finish the link handshake and say HELLO within this many seconds.
 HANDSHAKE_TIMEOUT = 10.0
+#: Bytes we queue for a peer before we decide it does not read (a request
+#: window is 16 MiB; HAVE pushes are small): past this the link is dropped,
+#: so a peer that never reads cannot make us buffer without bound.
+OUTGOING_CAP = 64 * 1024 * 1024
+#: How long a writer waits for a peer that stopped reading before dropping it.
+WRITE_STALL_TIMEOUT = 60.0
+#: A link with nothing in flight either way for this long is closed (it is
+#: reopened on demand); it frees the descriptor and buffers of peers gone quiet.
+IDLE_TIMEOUT = 300.0
 
 Reply = tuple[m.Message, Buffer]
 
@@ -92,6 +102,8 @@ class Connection(asyncio.BufferedProtocol):
         link: LinkSecurity | None,
         initiator: bool,
         expect: bytes | None = None,
+        admit: Callable[[Connection], str | None] | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         codec: RecordCodec
         if link is None:  # the benchmarking switch: plaintext, unauthenticated
@@ -102,6 +114,11 @@ class Connection(asyncio.BufferedProtocol):
         self.session = Session(hello, handler is not None, MAX_INCOMING_REQUESTS, codec, expect)
         self._handler = handler
         self._on_close = on_close
+        #: Asked once the peer's address is known: a reason to refuse it, or None.
+        self._admit = admit
+        self._idle_timeout = idle_timeout
+        self._idle: asyncio.TimerHandle | None = None
+        self._active = True  # bytes moved since the idle timer last looked
         self.transport: asyncio.Transport | None = None
         self.peername: tuple[str, int] = ("?", 0)
         self._loop = asyncio.get_running_loop()
@@ -113,6 +130,8 @@ class Connection(asyncio.BufferedProtocol):
         self._can_write.set()
         self.close_reason: str | None = None
         self.have_listeners: dict[bytes, Callable[[tuple[int, ...]], None]] = {}
+        #: The peer waits for our HAVE pushes (set by the server): the link is not idle.
+        self.subscribed = False
         self.bytes_received = 0
         #: Why the peer said it was leaving (its BYE), if it did.
         self.farewell: str | None = None
@@ -153,19 +172,38 @@ class Connection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peername = (str(peer[0]), int(peer[1]))
+        refusal = self._admit(self) if self._admit is not None else None
+        if refusal is not None:
+            self.close_reason = f"refused: {refusal}"
+            log.debug("refusing a connection from %s: %s", self.label, refusal)
+            transport.abort()
+            return
         self._write(self.session.start())
         # A peer that never says HELLO must not hold a connection open forever.
         self._deadline = self._loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_deadline)
+        self._idle = self._loop.call_later(self._idle_timeout, self._idle_check)
 
     def _handshake_deadline(self) -> None:
         if self.peer_hello is None:
             self.abort("no HELLO in time")
+
+    def _idle_check(self) -> None:
+        """Close a link that moved nothing and waits for nothing for a whole period."""
+        busy = (self._active or self._pending or self.session.incoming or self.have_listeners
+                or self.subscribed or self._held is not None)
+        self._active = False
+        if busy:
+            self._idle = self._loop.call_later(self._idle_timeout, self._idle_check)
+        else:
+            self.close_reason = self.close_reason or "idle"
+            self.close()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.session.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         self.bytes_received += nbytes
+        self._active = True
         session = self.session
         session.buffer_updated(nbytes)
         out = session.data_to_send()
@@ -189,6 +227,8 @@ class Connection(asyncio.BufferedProtocol):
         self.session.close()
         if self._deadline is not None:
             self._deadline.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
         error = PeerError(f"peer {self.label}: {reason}")
         if not self._handshake.done():
             self._handshake.set_exception(error)
@@ -288,6 +328,7 @@ class Connection(asyncio.BufferedProtocol):
             self._write(self.session.send(msg, body))
 
     def _write(self, wire: Wire) -> None:
+        self._active = True
         if self._held is not None:
             self._held.extend(bytes(piece) for piece in wire)
             return
@@ -295,6 +336,8 @@ class Connection(asyncio.BufferedProtocol):
         if transport is not None:
             for piece in wire:
                 transport.write(piece)
+            if transport.get_write_buffer_size() > OUTGOING_CAP:
+                self.abort(f"peer does not read: over {OUTGOING_CAP >> 20} MiB queued for it")
 
     async def send_file(self, msg: m.Message, file: BinaryIO, offset: int, count: int) -> None:
         """Send ``msg`` with ``count`` bytes of ``file`` as its body.
@@ -352,8 +395,18 @@ class Connection(asyncio.BufferedProtocol):
                 transport.write(data)
 
     async def drain(self) -> None:
-        """Wait until the kernel has taken most of what we queued."""
-        await self._can_write.wait()
+        """Wait until the kernel has taken most of what we queued.
+
+        A peer that takes nothing for :data:`WRITE_STALL_TIMEOUT` seconds is
+        dropped (its requests fail), so no writer waits on it forever.
+        """
+        if self._can_write.is_set():
+            return
+        try:
+            async with asyncio.timeout(WRITE_STALL_TIMEOUT):
+                await self._can_write.wait()
+        except TimeoutError:
+            self.abort(f"peer stopped reading for {WRITE_STALL_TIMEOUT:.0f} s")
 
     # -- requests -------------------------------------------------------------------
     def next_id(self) -> int:

@@ -1,14 +1,16 @@
-"""Two ways the chunk server used to misbehave, each closed.
+"""Ways the chunk server used to misbehave, each closed.
 
 A replica pushed to a node that already holds the file whole as a user's file
 swapped that copy for an empty replica; now it is copied, verified.  CANCELs
 for requests that were never queued were remembered forever; now they cost
-nothing.
+nothing.  One address could open links without end; now it has a cap.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,47 @@ async def test_cancels_for_unknown_requests_cost_nothing(tmp_path: Path) -> None
             assert all(len(q.cancelled) == 0 for q in queues)
         finally:
             conn.close()
+
+
+async def test_one_address_cannot_take_every_inbound_link(tmp_path: Path) -> None:
+    """Links from one IP are capped; another address still gets in and is served."""
+    async with Node.open(Config(data_dir=tmp_path / "n", host=LOOPBACK)) as node:
+        cap = node.server.max_per_address
+        loop = asyncio.get_running_loop()
+        socks: list[socket.socket] = []
+        try:
+            for _ in range(cap):
+                socks.append(await _silent_link(loop, "127.0.0.3", node.port))
+            await asyncio.sleep(0.2)
+            assert len(node.server._inbound) == cap
+            extra = await _silent_link(loop, "127.0.0.3", node.port)
+            socks.append(extra)
+            extra.settimeout(5)
+            assert await asyncio.to_thread(_closed, extra)  # refused at once
+            honest = await dial(node.port)  # from 127.0.0.1
+            try:
+                have = honest.next_id()
+                reply, _ = await honest.request(m.GetManifest(have, os.urandom(32)), have, 10)
+                assert isinstance(reply, m.NotFound)
+            finally:
+                honest.close()
+        finally:
+            for s in socks:
+                s.close()
+
+
+async def _silent_link(loop: asyncio.AbstractEventLoop, source: str, port: int) -> socket.socket:
+    """A TCP connection from ``source`` that never says anything (it holds a slot)."""
+    s = socket.socket()
+    s.bind((source, 0))
+    s.setblocking(False)
+    await loop.sock_connect(s, (LOOPBACK, port))
+    s.setblocking(True)
+    return s
+
+
+def _closed(s: socket.socket) -> bool:
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True

@@ -26,6 +26,7 @@ from dhtshare.core.handshake import LinkSecurity
 from dhtshare.core.identity import Identity
 from dhtshare.core.ids import HASH_LEN
 from dhtshare.errors import PeerError
+from dhtshare.net import transport
 from dhtshare.net.transport import Connection, connect, make_hello
 from tests.conftest import LOOPBACK
 
@@ -43,9 +44,11 @@ class Endpoint:
         self.link = LinkSecurity(self.identity) if secure else None
 
     def connection(
-        self, handler: Handler | None, on_close: Callable[[Connection], None] | None = None
+        self, handler: Handler | None, on_close: Callable[[Connection], None] | None = None,
+        idle_timeout: float = transport.IDLE_TIMEOUT,
     ) -> Connection:
-        return Connection(self.hello, handler, on_close, link=self.link, initiator=False)
+        return Connection(self.hello, handler, on_close, link=self.link, initiator=False,
+                          idle_timeout=idle_timeout)
 
     async def dial(self, port: int, expect: bytes | None = None) -> Connection:
         return await connect(LOOPBACK, port, self.hello, None, 5, link=self.link, expect=expect)
@@ -86,7 +89,7 @@ class Handler:
 
 @contextlib.asynccontextmanager
 async def linked(
-    handler: Handler | None, secure: bool = True
+    handler: Handler | None, secure: bool = True, idle_timeout: float = transport.IDLE_TIMEOUT
 ) -> AsyncIterator[tuple[Connection, Connection]]:
     """(the accepting side, serving with ``handler``; the connecting side, serving nothing)."""
     loop = asyncio.get_running_loop()
@@ -94,7 +97,7 @@ async def linked(
     near, far = Endpoint(1, secure), Endpoint(2, secure)
 
     def accept() -> Connection:
-        conn = near.connection(handler)
+        conn = near.connection(handler, idle_timeout=idle_timeout)
         accepted.set_result(conn)
         return conn
 
@@ -228,3 +231,59 @@ async def test_a_stopped_file_send_closes_the_link(tmp_path: Path) -> None:
                 await task
         await asyncio.wait_for(server.wait_closed(), 5)
         assert server.close_reason == "stopped while sending a file"
+
+
+class Unhurried(Handler):
+    """Keeps every request in flight (never settled), as a server still working on it does."""
+
+    def handle(self, conn: Connection, msg: m.Message, body: Buffer) -> None:
+        self.seen.append(msg)
+
+
+async def test_an_idle_link_is_closed_and_a_busy_one_is_not() -> None:
+    async with linked(Unhurried(), idle_timeout=0.3) as (server, client):
+        req = client.next_id()
+        fut = client.start_request(m.GetHave(req, H), req)
+        await asyncio.sleep(1.0)
+        assert server.is_open  # a request is in flight: not idle
+        assert not fut.done()
+        client.forget(req)
+    async with linked(Handler(), idle_timeout=0.3) as (server, client):
+        await asyncio.wait_for(server.wait_closed(), 5)
+        assert server.close_reason == "idle"
+        await asyncio.wait_for(client.wait_closed(), 5)
+
+
+async def test_a_peer_that_does_not_read_is_dropped_before_we_buffer_without_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transport, "OUTGOING_CAP", 8 * MIB)
+    async with linked(Handler()) as (server, client):
+        assert client.transport is not None
+        client.transport.pause_reading()
+        big = os.urandom(MIB)
+        for _ in range(64):  # far more than the socket buffers hold
+            server.send(m.Data(0), big)
+            if not server.is_open:
+                break
+        await asyncio.wait_for(server.wait_closed(), 5)
+        assert server.close_reason is not None
+        assert server.close_reason.startswith("peer does not read")
+
+
+async def test_a_writer_waits_for_a_stalled_peer_only_so_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transport, "WRITE_STALL_TIMEOUT", 0.5)
+    async with linked(Handler()) as (server, client):
+        assert client.transport is not None
+        client.transport.pause_reading()
+        big = os.urandom(MIB)
+        for _ in range(40):
+            server.send(m.Data(0), big)
+        t0 = asyncio.get_running_loop().time()
+        await asyncio.wait_for(server.drain(), 10)
+        assert asyncio.get_running_loop().time() - t0 < 5
+        assert not server.is_open
+        assert server.close_reason is not None
+        assert server.close_reason.startswith("peer stopped reading")
