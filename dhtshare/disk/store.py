@@ -14,6 +14,12 @@ Three kinds of content, one index:
 The data dir keeps the manifests (``manifests/<hash>``) and the index
 (``content.msgpack``), rewritten atomically (temp file + rename), so a
 restarted node knows what to serve and re-announce.
+
+Descriptors are opened on demand: a replica still being filled gets its
+writer (three descriptors) from :meth:`ContentStore.writer`, which keeps at
+most :data:`MAX_OPEN_WRITERS` open and closes the least recently used, so a
+node holding thousands of partial replicas (or offered them by strangers)
+keeps its descriptors for its peers.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +50,8 @@ INDEX_FILE = "content.msgpack"
 STAT_INTERVAL = 2.0
 #: Free disk space a node keeps for everything else, whatever --max-storage says.
 DISK_RESERVE = 64 * 1024 * 1024
+#: Replica writers kept open at once (each holds three descriptors).
+MAX_OPEN_WRITERS = 16
 
 Kind = Literal["published", "fetched", "replica"]
 #: Guards every entry's reader count (held for a few instructions at a time).
@@ -61,8 +70,11 @@ class Entry:
     kind: Kind = "published"
     #: Replication factor this node helps maintain (0: none).
     replicas: int = 0
-    #: Open writer for replica data (replicas only).
+    #: Open writer for replica data (replicas only; see :meth:`ContentStore.writer`).
     cf: ChunkFile | None = field(default=None, repr=False)
+    #: Who asked for this replica (its key, hex; "" for our own), and when (Unix time).
+    origin: str = ""
+    opened: float = 0.0
     _fd: int | None = field(default=None, repr=False)
     _file: BinaryIO | None = field(default=None, repr=False)
     _checked: float = field(default=0.0, repr=False)
@@ -207,6 +219,8 @@ class ContentStore:
         #: Bytes of replica data this node may hold (0: no limit but the disk).
         self.max_storage = max_storage
         self.entries: dict[bytes, Entry] = {}
+        #: Replicas whose writer is open, least recently used first.
+        self._writers: OrderedDict[bytes, Entry] = OrderedDict()
 
     # -- persistence ----------------------------------------------------------------
     def load(self) -> None:
@@ -243,8 +257,12 @@ class ContentStore:
                 if os.stat(path).st_size != manifest.size:
                     raise StorageError(f"replica {path} is damaged")
                 return Entry(manifest, path, None, None, "replica", int(rec["replicas"]))
+            # Only the journal is read: the writer is opened when a chunk comes.
             cf = ChunkFile.open(path, manifest, preallocate=False)
-            return Entry(manifest, cf.path, cf.held, None, "replica", int(rec["replicas"]), cf)
+            held = bytearray(cf.held)
+            cf.close()
+            return Entry(manifest, cf.path, held, None, "replica", int(rec["replicas"]),
+                         origin=str(rec.get("origin", "")), opened=float(rec.get("opened", 0)))
         path = Path(rec["path"])
         size_mtime = tuple(rec["stat"])
         if _stat_key(path) != size_mtime:
@@ -258,7 +276,8 @@ class ContentStore:
         data: dict[str, Any] = {}
         for h, e in self.entries.items():
             if e.durable:
-                data[h.hex()] = {"kind": "replica", "replicas": e.replicas}
+                data[h.hex()] = {"kind": "replica", "replicas": e.replicas,
+                                 "origin": e.origin, "opened": e.opened}
             elif e.complete and e.size_mtime is not None and e.valid:
                 data[h.hex()] = {"kind": e.kind, "path": str(e.path),
                                  "stat": list(e.size_mtime), "replicas": e.replicas}
@@ -352,7 +371,31 @@ class ContentStore:
             if shutil.disk_usage(self.data_dir).free < nbytes + DISK_RESERVE:
                 raise StorageFull(f"the disk of {self.data_dir} is nearly full")
 
-    def open_replica(self, manifest: Manifest, replicas: int) -> Entry:
+    def writer(self, entry: Entry) -> ChunkFile:
+        """The open writer of a replica being filled, opened if need be.
+
+        Opening one may close the least recently used other writer (it waits
+        for that one's write under way); a write that then finds its writer
+        closed (:class:`~dhtshare.disk.chunkfile.ChunkFileClosed`) asks again.
+        """
+        h = entry.manifest.hash
+        cf = entry.cf
+        if cf is None or cf.closed:
+            try:
+                cf = ChunkFile.open(entry.path, entry.manifest, preallocate=False)
+            except OSError as err:
+                raise os_error(err, "open the replica", entry.path) from err
+            entry.cf, entry.held = cf, cf.held
+        self._writers[h] = entry
+        self._writers.move_to_end(h)
+        while len(self._writers) > MAX_OPEN_WRITERS:
+            _, old = self._writers.popitem(last=False)
+            if old.cf is not None:
+                old.cf.close()
+                old.cf = None
+        return cf
+
+    def open_replica(self, manifest: Manifest, replicas: int, origin: str = "") -> Entry:
         """Start (or keep) a durable copy of ``manifest``, to be filled chunk by chunk.
 
         For a file held whole as a user's file, use :meth:`copy_into_replica`
@@ -365,7 +408,7 @@ class ContentStore:
             return old
         self.replica_dir.mkdir(parents=True, exist_ok=True)
         cf = ChunkFile.open(self.replica_path(manifest.hash), manifest, preallocate=False)
-        return self.install_replica(cf, replicas)
+        return self.install_replica(cf, replicas, origin)
 
     def copy_into_replica(self, src: Entry) -> ChunkFile:
         """A durable copy of a user's complete file, copied and verified chunk by chunk.
@@ -384,23 +427,31 @@ class ContentStore:
             raise
         return cf
 
-    def install_replica(self, cf: ChunkFile, replicas: int) -> Entry:
+    def install_replica(self, cf: ChunkFile, replicas: int, origin: str = "") -> Entry:
         """Hold the durable copy filled in ``cf`` in place of whatever was held."""
         manifest = cf.manifest
         self.save_manifest(manifest)
-        entry = Entry(manifest, cf.path, cf.held, None, "replica", replicas, cf)
+        entry = Entry(manifest, cf.path, cf.held, None, "replica", replicas, cf,
+                      origin=origin, opened=time.time())
         old = self.entries.get(manifest.hash)
         if old is not None:
             old.close()
         self.entries[manifest.hash] = entry
+        self._writers.pop(manifest.hash, None)
+        if cf.held_count < manifest.chunk_count:
+            self.writer(entry)  # counted among the open writers
+        else:
+            cf.close()  # whole: served by its read descriptor alone
+            entry.cf = None
         self.save()
         return entry
 
     def adopt_replica(self, h: bytes, path: Path, replicas: int) -> Entry:
         """Turn a complete file fetched into the replica store into a durable copy."""
         entry = self.entries[h]
+        self._writers.pop(h, None)
         entry.close()
-        entry = Entry(entry.manifest, path, None, None, "replica", replicas)
+        entry = Entry(entry.manifest, path, None, None, "replica", replicas, opened=time.time())
         self.entries[h] = entry
         self.save()
         return entry
@@ -410,6 +461,7 @@ class ContentStore:
         entry = self.entries.pop(h, None)
         if entry is None:
             return
+        self._writers.pop(h, None)
         entry.close()
         if entry.durable:
             ChunkFile(self.replica_path(h), entry.manifest).discard()

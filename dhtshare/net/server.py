@@ -28,7 +28,9 @@ from dhtshare.core.framing import Buffer
 from dhtshare.core.handshake import LinkSecurity
 from dhtshare.core.manifest import Manifest
 from dhtshare.disk.buffers import POOL
-from dhtshare.disk.store import ContentStore
+from dhtshare.disk.chunkfile import ChunkFileClosed
+from dhtshare.disk.intake import admit_replica
+from dhtshare.disk.store import ContentStore, Entry
 from dhtshare.errors import DhtshareError, StorageError, StorageFull
 from dhtshare.net.transport import Connection, make_hello
 
@@ -44,6 +46,12 @@ MAX_QUEUED_BYTES = 64 * MIB
 MAX_INBOUND = 512
 #: Inbound links from one IP address at once: one host cannot take them all.
 MAX_INBOUND_PER_ADDRESS = 16
+
+
+def _origin(conn: Connection) -> str:
+    """Who asks, for quotas: the key the link proved (an address on a plaintext link)."""
+    key = conn.peer_key
+    return key.hex() if key is not None else f"address:{conn.peername[0]}"
 
 
 def inbound_limit() -> int:
@@ -258,17 +266,17 @@ class ChunkServer:
         if entry is not None and not entry.durable and not entry.complete:
             conn.send(m.Error(req, m.ErrorCode.BUSY, "a download of it is in progress"))
             return
+        origin = _origin(conn)
         try:
+            admit_replica(self.store, manifest, origin)
             if entry is not None and entry.complete and not entry.durable:
                 # A user's copy: the durable one must not depend on it (the user
                 # may delete it), so copy it, verified, and serve it meanwhile.
                 self.store.check_room(manifest.size)
                 cf = await asyncio.to_thread(self.store.copy_into_replica, entry)
-                self.store.install_replica(cf, msg.replicas)
+                self.store.install_replica(cf, msg.replicas, origin)
             else:
-                if entry is None or not entry.complete:
-                    self.store.check_room(min(manifest.size, manifest.chunk_size))
-                self.store.open_replica(manifest, msg.replicas)
+                self.store.open_replica(manifest, msg.replicas, origin)
         except StorageFull as err:
             conn.send(m.Error(req, m.ErrorCode.FULL, str(err)))
             return
@@ -284,7 +292,7 @@ class ChunkServer:
     ) -> None:
         req, index = msg.req, msg.index
         entry = self.store.get(msg.manifest)
-        if entry is None or not entry.durable or entry.cf is None:
+        if entry is None or not entry.durable or entry.complete:
             if entry is not None and entry.has(index):
                 conn.send(m.Ok(req))
             else:
@@ -299,7 +307,7 @@ class ChunkServer:
         size = len(body)
         try:
             self.store.check_room(size)
-            ok = await asyncio.to_thread(entry.cf.write_verified, index, body)
+            ok = await self._write_replica_chunk(entry, index, body)
             POOL.release(body)  # may be closed or reused at once: not touched after this
             del body
         except StorageFull as err:
@@ -314,6 +322,22 @@ class ChunkServer:
         self.bytes_stored += size
         self.announce_chunk(msg.manifest, index)
         conn.send(m.Ok(req))
+
+    async def _write_replica_chunk(self, entry: Entry, index: int, body: Buffer) -> bool:
+        """Write a pushed chunk through the replica's writer, opened on demand.
+
+        The writer may be closed under the write (another replica needed the
+        slot): then it is asked for again, unless the replica itself was dropped.
+        """
+        h = entry.manifest.hash
+        for _attempt in range(3):
+            cf = self.store.writer(entry)
+            try:
+                return await asyncio.to_thread(cf.write_verified, index, body)
+            except ChunkFileClosed:
+                if self.store.entries.get(h) is not entry:
+                    raise
+        raise ChunkFileClosed(entry.path)
 
     # -- HAVE pushes ------------------------------------------------------------------
     def announce_chunk(self, manifest: bytes, index: int) -> None:
