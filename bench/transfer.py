@@ -6,14 +6,23 @@
                              [--out bench/results] [--workdir /tmp]
 
 For every scenario (``1xN``: one provider, N fetchers) and size, it runs
-dhtshare and libtorrent alternately (d, l, d, l, ...) ``--runs`` times each on
-the same generated random file, with fresh processes and directories per run:
+dhtshare, plaintext dhtshare and libtorrent interleaved ``--runs`` times each
+on the same generated random file (each round runs every tool once, the order
+rotated by one each round: d, p, l, then p, l, d, ...), with fresh processes
+and directories per run:
 
 * dhtshare, only through its CLI: ``dhtshare bootstrap`` + a seeder
   ``dhtshare node`` + N fetcher nodes; ``dhtshare publish FILE --replicas 0``
   on the seeder before the clock (no copies placed on the fetchers); then the
   clock starts and N ``dhtshare fetch HASH -o OUT --json`` run at once.  The
   wall time ends when the last fetch process exits (each verified every chunk).
+  Peer links are encrypted and authenticated, dhtshare's default.
+* ``dhtshare-plaintext`` ("dhtshare (plaintext links, bench only)"): the same
+  with ``DHTSHARE_BENCH_PLAINTEXT_LINKS=1`` in every dhtshare process of the
+  run, dhtshare's benchmarking switch for plaintext links, to show what the
+  encryption costs; ``--no-plaintext`` leaves it out.  Each dhtshare run's node
+  logs are checked for the mode it asked for.  Every other dhtshare network of
+  the bench (scenarios seeder and churn, latency, publish) is encrypted.
 * libtorrent (``bench/lt_peer.py``): a seeder that has checked every piece,
   and N leecher processes whose sessions are already listening; the clock
   starts when they are told to add the torrent (with the seeder and the other
@@ -87,15 +96,40 @@ NODE_START_TIMEOUT = 60.0
 #: Grace between SIGTERM and SIGKILL when stopping a process.
 STOP_GRACE = 5.0
 
+#: dhtshare's benchmarking switch for plaintext peer links (dhtshare/config.py):
+#: set to 1 for every process of a network (both ends of a link must agree).
+PLAINTEXT_ENV = "DHTSHARE_BENCH_PLAINTEXT_LINKS"
+#: What a dhtshare node logs on start when its peer links are plaintext.
+PLAINTEXT_WARNING = "peer links are PLAINTEXT"
+
+#: The tools of the 1xN matrix, in their order in the first round (JSON keys).
+DHT = "dhtshare"
+DHT_PLAIN = "dhtshare-plaintext"
+LT = "libtorrent"
+MATRIX_TOOLS = (DHT, DHT_PLAIN, LT)
+#: How the tables name them.
+TOOL_LABELS = {DHT: "dhtshare", DHT_PLAIN: "dhtshare (plaintext links, bench only)",
+               LT: "libtorrent"}
+
 
 def log(msg: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
 
 
-def child_env() -> dict[str, str]:
+def child_env(plaintext: bool | None = None) -> dict[str, str]:
+    """This process's environment for a child, without its dhtshare peers and data dir.
+
+    ``plaintext``: True sets :data:`PLAINTEXT_ENV` (dhtshare's benchmarking switch
+    for plaintext peer links), False removes it, None leaves it as inherited
+    (:func:`main` removes it from this process, so that means encrypted here).
+    """
     env = dict(os.environ)
     for key in ("DHTSHARE_PEERS", "DHTSHARE_DATA_DIR"):
         env.pop(key, None)
+    if plaintext:
+        env[PLAINTEXT_ENV] = "1"
+    elif plaintext is not None:
+        env.pop(PLAINTEXT_ENV, None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -179,7 +213,8 @@ class Proc:
 
     live: list[Proc] = []
 
-    def __init__(self, name: str, argv: list[str], logdir: Path, *, pipes: bool = False) -> None:
+    def __init__(self, name: str, argv: list[str], logdir: Path, *, pipes: bool = False,
+                 plaintext: bool | None = None) -> None:
         self.name = name
         self.argv = argv
         logdir.mkdir(parents=True, exist_ok=True)
@@ -190,13 +225,13 @@ class Proc:
         self._files.append(err)
         if pipes:
             self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=err, start_new_session=True, env=child_env(),
-                                      text=True, bufsize=1)
+                                      stderr=err, start_new_session=True,
+                                      env=child_env(plaintext), text=True, bufsize=1)
         else:
             out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
             self._files.append(out)
             self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                      start_new_session=True, env=child_env())
+                                      start_new_session=True, env=child_env(plaintext))
         Proc.live.append(self)
 
     @property
@@ -272,9 +307,11 @@ class CliRun:
         return None
 
 
-def run_clis(argvs: list[list[str]], timeout: float, logdir: Path,
-             tag: str) -> tuple[float, list[CliRun]]:
+def run_clis(argvs: list[list[str]], timeout: float, logdir: Path, tag: str, *,
+             plaintext: bool | None = None) -> tuple[float, list[CliRun]]:
     """Start every argv at once; wait for all (bounded).  Returns (wall, runs).
+
+    ``plaintext``: see :func:`child_env`.
 
     The wall time goes from just before the first spawn to the exit of the
     last process; each process is reaped with ``os.wait4`` in its own thread.
@@ -292,7 +329,7 @@ def run_clis(argvs: list[list[str]], timeout: float, logdir: Path,
             files.append((out, err))
             procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                           stderr=err, start_new_session=True,
-                                          env=child_env()))
+                                          env=child_env(plaintext)))
         starts = [t0] * len(procs)
 
         def reap(i: int) -> None:
@@ -334,8 +371,9 @@ def run_clis(argvs: list[list[str]], timeout: float, logdir: Path,
     return wall, runs
 
 
-def run_cli(argv: list[str], timeout: float, logdir: Path, tag: str) -> CliRun:
-    _, runs = run_clis([argv], timeout, logdir, tag)
+def run_cli(argv: list[str], timeout: float, logdir: Path, tag: str, *,
+            plaintext: bool | None = None) -> CliRun:
+    _, runs = run_clis([argv], timeout, logdir, tag, plaintext=plaintext)
     return runs[0]
 
 
@@ -348,14 +386,15 @@ READY_RE = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
 
 class DhtNode:
-    def __init__(self, name: str, data_dir: Path, logdir: Path, boot_port: int | None) -> None:
+    def __init__(self, name: str, data_dir: Path, logdir: Path, boot_port: int | None, *,
+                 plaintext: bool | None = None) -> None:
         self.name = name
         self.data_dir = data_dir
         args = (["bootstrap"] if boot_port is None
                 else ["node", "--peer", f"127.0.0.1:{boot_port}"])
         argv = dhtshare_argv(*args, "--host", "127.0.0.1", "--port", "0",
                              "--data-dir", str(data_dir))
-        self.proc = Proc(name, argv, logdir)
+        self.proc = Proc(name, argv, logdir, plaintext=plaintext)
         self.port = 0
 
     @property
@@ -378,16 +417,20 @@ class DhtNode:
 
 
 @contextlib.contextmanager
-def dht_network(root: Path, names: list[str]) -> Iterator[dict[str, DhtNode]]:
-    """A bootstrap node plus one ``dhtshare node`` per name, all on 127.0.0.1."""
+def dht_network(root: Path, names: list[str], *,
+                plaintext: bool | None = None) -> Iterator[dict[str, DhtNode]]:
+    """A bootstrap node plus one ``dhtshare node`` per name, all on 127.0.0.1.
+
+    ``plaintext``: see :func:`child_env` (the same for every node of the network).
+    """
     logdir = root / "logs"
     nodes: dict[str, DhtNode] = {}
     try:
-        boot = DhtNode("boot", root / "boot", logdir, None)
+        boot = DhtNode("boot", root / "boot", logdir, None, plaintext=plaintext)
         nodes["boot"] = boot
         boot.wait_ready(time.monotonic() + NODE_START_TIMEOUT)
         for name in names:
-            nodes[name] = DhtNode(name, root / name, logdir, boot.port)
+            nodes[name] = DhtNode(name, root / name, logdir, boot.port, plaintext=plaintext)
         deadline = time.monotonic() + NODE_START_TIMEOUT
         for node in nodes.values():
             node.wait_ready(deadline)
@@ -397,11 +440,12 @@ def dht_network(root: Path, names: list[str]) -> Iterator[dict[str, DhtNode]]:
 
 
 def publish(node: DhtNode, path: Path, logdir: Path, tag: str, replicas: int | None = 0,
-            timeout: float = 600.0) -> tuple[str, CliRun, dict[str, Any]]:
+            timeout: float = 600.0, *,
+            plaintext: bool | None = None) -> tuple[str, CliRun, dict[str, Any]]:
     argv = dhtshare_argv("publish", str(path), "--data-dir", str(node.data_dir), "--json")
     if replicas is not None:
         argv += ["--replicas", str(replicas)]
-    run = run_cli(argv, timeout, logdir, tag)
+    run = run_cli(argv, timeout, logdir, tag, plaintext=plaintext)
     res = run.json()
     if run.rc != 0 or res is None:
         raise RuntimeError(f"publish failed (exit {run.rc}): {run.stderr.strip()[-2000:]}")
@@ -489,16 +533,37 @@ def fetch_record(r: CliRun) -> dict[str, Any]:
             "maxrss": r.maxrss, "stderr": r.stderr.strip()[-500:] if r.rc else ""}
 
 
-def run_dhtshare(src: Source, nfetch: int, rundir: Path, run_no: int) -> RunResult:
-    res = RunResult("dhtshare", run_no)
+def plaintext_nodes(logdir: Path, names: list[str]) -> list[str]:
+    """The nodes whose stderr says that their peer links are plaintext."""
+    out = []
+    for name in names:
+        try:
+            text = (logdir / f"{name}.err").read_text(errors="replace")
+        except OSError:
+            continue
+        if PLAINTEXT_WARNING in text:
+            out.append(name)
+    return out
+
+
+def run_dhtshare(src: Source, nfetch: int, rundir: Path, run_no: int,
+                 plaintext: bool = False) -> RunResult:
+    """One dhtshare run of a 1xN cell; ``plaintext``: every process with :data:`PLAINTEXT_ENV`.
+
+    The links each node used are checked from its log afterwards: a run whose
+    nodes were not all as asked (encrypted or plaintext) fails.
+    """
+    res = RunResult(DHT_PLAIN if plaintext else DHT, run_no)
+    res.extra["links"] = "plaintext" if plaintext else "encrypted"
     logdir = rundir / "logs"
     fnames = [f"fetcher{i}" for i in range(nfetch)]
     outs = [rundir / "out" / f"f{i}" / src.path.name for i in range(nfetch)]
     for o in outs:
         o.parent.mkdir(parents=True, exist_ok=True)
-    with dht_network(rundir, ["seeder", *fnames]) as nodes:
+    with dht_network(rundir, ["seeder", *fnames], plaintext=plaintext) as nodes:
         t_pub = time.perf_counter()
-        mhash, _, pres = publish(nodes["seeder"], src.path, logdir, "publish")
+        mhash, _, pres = publish(nodes["seeder"], src.path, logdir, "publish",
+                                 plaintext=plaintext)
         res.extra["publish_seconds"] = round(time.perf_counter() - t_pub, 4)
         res.extra["publish_hash_seconds"] = pres.get("hash_seconds")
         pids = {name: node.pid for name, node in nodes.items()}
@@ -507,9 +572,12 @@ def run_dhtshare(src: Source, nfetch: int, rundir: Path, run_no: int) -> RunResu
                                str(nodes[f"fetcher{i}"].data_dir), "--json")
                  for i in range(nfetch)]
         with RssSampler(pids) as sampler:
-            wall, runs = run_clis(argvs, transfer_timeout(src.size, nfetch), logdir, "fetch")
+            wall, runs = run_clis(argvs, transfer_timeout(src.size, nfetch), logdir, "fetch",
+                                  plaintext=plaintext)
         after = {name: cpu_seconds(pid) for name, pid in pids.items()}
         status = {name: proc_status(pid) for name, pid in pids.items()}
+    plain = plaintext_nodes(logdir, list(pids))
+    res.extra["plaintext_nodes"] = len(plain)
     delta = {name: after[name] - before[name] for name in pids}
     res.cpu = {
         "seeder": delta["seeder"],
@@ -525,6 +593,12 @@ def run_dhtshare(src: Source, nfetch: int, rundir: Path, run_no: int) -> RunResu
     res.rss_anon_peak = {"seeder": sampler.peak["seeder"],
                          "fetcher_max": max(sampler.peak[n] for n in fnames)}
     res.fetchers = [fetch_record(r) for r in runs]
+    wrong = [n for n in pids if (n in plain) != plaintext]
+    if wrong:
+        said = "did not log" if plaintext else "logged"
+        res.error = (f"asked for {res.extra['links']} peer links, but {', '.join(wrong)} "
+                     f"{said} {PLAINTEXT_WARNING!r}")
+        return res
     failed = [r for r in runs if r.rc != 0]
     if failed:
         res.error = f"{len(failed)} fetch(es) failed: {failed[0].stderr.strip()[-300:]}"
@@ -703,9 +777,11 @@ def summarize(runs: list[RunResult], size: int, nfetch: int) -> dict[str, Any]:
     delivered_gib = size * nfetch / GIB
     cpu_gib = [r.cpu_total / delivered_gib for r in good]
     roles = sorted({k for r in good for k in r.cpu})
+    links = {r.extra.get("links") for r in good} - {None}
     return {
         "ok_runs": len(good),
         "runs": len(runs),
+        **({"links": links.pop()} if len(links) == 1 else {}),
         "wall_median": round(med, 4),
         "wall_min": round(min(walls), 4),
         "wall_max": round(max(walls), 4),
@@ -721,8 +797,25 @@ def summarize(runs: list[RunResult], size: int, nfetch: int) -> dict[str, Any]:
     }
 
 
+def matrix_tools(args: argparse.Namespace) -> tuple[str, ...]:
+    """The 1xN matrix's tools: dhtshare, plaintext dhtshare (unless ``--no-plaintext``), lt."""
+    return tuple(t for t in MATRIX_TOOLS if t != DHT_PLAIN or args.plaintext)
+
+
+def round_order(tools: tuple[str, ...], run_no: int) -> tuple[str, ...]:
+    """The tools of round ``run_no``, rotated by one each round.
+
+    Interleaved, so slow spells of the machine hit every tool alike, and
+    rotated, so that no tool always follows the same one (whose leftovers,
+    such as dirty pages being written back, it would otherwise always inherit).
+    """
+    k = run_no % len(tools)
+    return tools[k:] + tools[:k]
+
+
 def run_matrix(args: argparse.Namespace, sources: dict[int, Source], work: Path,
                results: list[dict[str, Any]]) -> None:
+    tools = matrix_tools(args)
     for scen in args.scenarios:
         if not is_1xn(scen):
             continue  # seeder, churn: see run_named_scenarios
@@ -730,17 +823,18 @@ def run_matrix(args: argparse.Namespace, sources: dict[int, Source], work: Path,
         for size in args.sizes:
             src = sources[size]
             cell: dict[str, Any] = {"scenario": scen, "fetchers": nfetch, "size": size,
-                                    "runs": {"dhtshare": [], "libtorrent": []}}
+                                    "runs": {tool: [] for tool in tools}}
             results.append(cell)
             for run_no in range(args.runs):
-                for tool in ("dhtshare", "libtorrent"):
+                for tool in round_order(tools, run_no):
                     rundir = work / "runs" / f"{scen}-{fmt_size(size).replace(' ', '')}" \
                         / f"{tool}-{run_no}"
                     rundir.mkdir(parents=True, exist_ok=True)
                     t = time.perf_counter()
                     try:
-                        if tool == "dhtshare":
-                            r = run_dhtshare(src, nfetch, rundir, run_no)
+                        if tool in (DHT, DHT_PLAIN):
+                            r = run_dhtshare(src, nfetch, rundir, run_no,
+                                             plaintext=tool == DHT_PLAIN)
                         else:
                             r = run_libtorrent(src, nfetch, rundir, run_no, args.lt_set)
                     except Exception as err:  # one failed run must not stop the matrix
@@ -752,7 +846,7 @@ def run_matrix(args: argparse.Namespace, sources: dict[int, Source], work: Path,
                         f" ({time.perf_counter() - t:.1f} s with setup)")
                     if r.ok or not args.keep_failed:
                         shutil.rmtree(rundir, ignore_errors=True)
-            for tool in ("dhtshare", "libtorrent"):
+            for tool in tools:
                 cell.setdefault("summary", {})[tool] = summarize(cell["runs"][tool], size,
                                                                  nfetch)
 
@@ -1529,6 +1623,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     if s:
         r = s[0]["mb_per_s"] / s[1]["mb_per_s"]
         add("1→1 512 MiB throughput, dhtshare / libtorrent", r, ">= 2", r >= 2)
+    encrypted_targets(cells.get(("1x1", 512 * MIB)), add)
     s = sums("1x4", 512 * MIB)
     if s:
         r = s[0]["wall_median"] / s[1]["wall_median"]
@@ -1568,6 +1663,33 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 AddTarget = Callable[[str, float | None, str, bool | None], None]
+
+
+def throughput_ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    """Throughput of summary ``a`` over that of ``b`` (same cell: the inverse wall ratio)."""
+    if not a.get("ok_runs") or not b.get("ok_runs"):
+        return None
+    return ratio(b["wall_median"], a["wall_median"])
+
+
+def encrypted_targets(c: dict[str, Any] | None, add: AddTarget) -> None:
+    """Issue 9's targets for the 1→1 512 MiB cell, from the medians of the same run.
+
+    Only for a cell whose dhtshare runs are known to be encrypted (results
+    written before the runs recorded their links do not say).
+    """
+    if c is None:
+        return
+    sm = c["summary"]
+    d = sm.get(DHT, {})
+    if d.get("links") != "encrypted":
+        return
+    r = throughput_ratio(d, sm.get(DHT_PLAIN, {}))
+    if r is not None:
+        add("1→1 512 MiB encrypted / plaintext dhtshare throughput", r, ">= 0.8", r >= 0.8)
+    r = throughput_ratio(d, sm.get(LT, {}))
+    if r is not None:
+        add("1→1 512 MiB encrypted dhtshare / libtorrent throughput", r, ">= 1.7", r >= 1.7)
 
 
 def seeder_targets(scen: dict[str, Any] | None, add: AddTarget) -> None:
@@ -1751,12 +1873,34 @@ def churn_markdown(scen: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def matrix_ratios(tool: str, sm: dict[str, dict[str, Any]]) -> str:
+    """The ratio cell of a dhtshare row: wall and CPU vs libtorrent; throughput vs plaintext."""
+    if tool not in (DHT, DHT_PLAIN):
+        return ""
+    s, lt_ = sm[tool], sm.get(LT, {})
+    parts = []
+    if lt_.get("ok_runs"):
+        w = ratio(s["wall_median"], lt_["wall_median"])
+        cp = ratio(s["cpu_s_per_gib"], lt_["cpu_s_per_gib"])
+        if w and cp:
+            parts.append(f"wall x{w:.2f}, CPU x{cp:.2f}")
+    if tool == DHT:
+        r = throughput_ratio(s, sm.get(DHT_PLAIN, {}))
+        if r is not None:
+            parts.append(f"x{r:.2f} of plaintext")
+    return "; ".join(parts)
+
+
 def markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
+    # results written before the matrix had its plaintext dhtshare render as they did
+    tools = cfg.get("matrix_tools")
+    with_plain = DHT_PLAIN in (tools or [])
     lines = [
         "## Transfer: dhtshare vs libtorrent",
         "",
-        f"{report['started']}; {cfg['runs']} runs of each tool per row, alternating; "
+        f"{report['started']}; {cfg['runs']} runs of each tool per row, "
+        f"{'interleaved' if tools else 'alternating'}; "
         f"127.0.0.1 only; 1 MiB chunks / pieces; libtorrent {report['versions']['libtorrent']} "
         f"({cfg['lt_torrent']} torrent); dhtshare {report['versions']['dhtshare']}; "
         f"{os.cpu_count()} CPUs.",
@@ -1764,30 +1908,38 @@ def markdown(report: dict[str, Any]) -> str:
         "Command: `python bench/transfer.py " + " ".join(report["argv"]) + "`",
         "",
         "| scenario | size | tool | wall median s | min-max s | MB/s | CPU s/GiB | "
-        "peak RSS MB seeder / fetcher max | fetcher anon peak MB | dhtshare / libtorrent |",
+        "peak RSS MB seeder / fetcher max | fetcher anon peak MB | dhtshare / libtorrent"
+        + ("; encrypted / plaintext |" if with_plain else " |"),
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in report.get("transfer", []):
-        d, lt_ = c["summary"].get("dhtshare", {}), c["summary"].get("libtorrent", {})
-        for tool, s in (("dhtshare", d), ("libtorrent", lt_)):
+        sm = c["summary"]
+        for tool in [t for t in MATRIX_TOOLS if t in sm] + [t for t in sm
+                                                            if t not in MATRIX_TOOLS]:
+            s, label = sm[tool], TOOL_LABELS.get(tool, tool)
             if not s.get("ok_runs"):
-                lines.append(f"| 1→{c['fetchers']} | {fmt_size(c['size'])} | {tool} | "
+                lines.append(f"| 1→{c['fetchers']} | {fmt_size(c['size'])} | {label} | "
                              f"failed ({s.get('runs', 0)} runs) | | | | | | |")
                 continue
-            rel = ""
-            if tool == "dhtshare" and lt_.get("ok_runs"):
-                w = ratio(s["wall_median"], lt_["wall_median"])
-                cp = ratio(s["cpu_s_per_gib"], lt_["cpu_s_per_gib"])
-                rel = f"wall x{w:.2f}, CPU x{cp:.2f}" if w and cp else ""
             fails = s["runs"] - s["ok_runs"]
             note = f" ({fails} failed)" if fails else ""
             lines.append(
-                f"| 1→{c['fetchers']} | {fmt_size(c['size'])} | {tool}{note} | "
+                f"| 1→{c['fetchers']} | {fmt_size(c['size'])} | {label}{note} | "
                 f"{s['wall_median']:.3f} | {s['wall_min']:.3f}-{s['wall_max']:.3f} | "
                 f"{s['mb_per_s']:.0f} | {s['cpu_s_per_gib']:.2f} | "
                 f"{mb(s['rss_seeder_max'])} / {mb(s['rss_fetcher_max'])}"
                 + (f" (CLI {mb(s['rss_cli_max'])})" if s.get("rss_cli_max") else "")
-                + f" | {mb(s['rss_anon_fetcher_max'])} | {rel} |")
+                + f" | {mb(s['rss_anon_fetcher_max'])} | {matrix_ratios(tool, sm)} |")
+    if tools:
+        lines += [
+            "",
+            "dhtshare's peer links are encrypted and authenticated (its default)"
+            + (f"; {TOOL_LABELS[DHT_PLAIN]}: the same runs with `{PLAINTEXT_ENV}=1` in "
+               "every dhtshare process, a benchmarking switch only.  Each run's node logs "
+               "are checked for the mode asked.  Encrypted / plaintext: throughput (inverse "
+               "wall medians) of the same run" if with_plain else "")
+            + ".  Each round runs every tool once, in an order rotated by one each round.",
+        ]
     lines += [
         "",
         "MB/s = size x fetchers / median wall (10^6 bytes).  CPU s/GiB = utime+stime of "
@@ -1950,6 +2102,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="only rebuild <out>/latest.md from a result file and print it")
     ap.add_argument("--keep-failed", action="store_true",
                     help="keep the directories (and logs) of failed runs in the workdir")
+    ap.add_argument("--no-plaintext", dest="plaintext", action="store_false",
+                    help=f"leave {DHT_PLAIN!r} (dhtshare with {PLAINTEXT_ENV}=1, plaintext "
+                         "peer links: a benchmarking switch) out of the 1xN matrix")
     args = ap.parse_args(argv)
     args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -1990,6 +2145,7 @@ def main(argv: list[str] | None = None) -> int:
         args.render.write_text(json.dumps(report, indent=1) + "\n")
         md = markdown(report)
         if report.get("complete"):
+            args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "latest.md").write_text(md + "\n")
         print(md)
         return 0
@@ -2002,6 +2158,10 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
+    if os.environ.pop(PLAINTEXT_ENV, None) is not None:
+        # every network of this bench is encrypted unless a run asks otherwise
+        log(f"ignoring {PLAINTEXT_ENV} from the environment: every dhtshare network of "
+            f"this bench is encrypted but those of the matrix's {DHT_PLAIN} runs")
     args.out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC)
     work = Path(tempfile.mkdtemp(prefix="dhtshare-bench-", dir=args.workdir))
@@ -2013,7 +2173,7 @@ def main(argv: list[str] | None = None) -> int:
                    "chunk_size": MIB, "workdir": str(work),
                    "seeder_size": args.seeder_size, "seeder_runs": args.seeder_runs,
                    "churn_size": args.churn_size, "churn_runs": args.churn_runs,
-                   "seed": args.seed},
+                   "seed": args.seed, "matrix_tools": list(matrix_tools(args))},
         "versions": versions(),
         "complete": False,
     }
