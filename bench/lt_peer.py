@@ -82,7 +82,8 @@ def session_settings(port: int, overrides: dict[str, Any] | None = None) -> dict
             "tick_interval": 100,
             # verify pieces on every core (libtorrent's default is one thread)
             "hashing_threads": max(1, os.cpu_count() or 1),
-            # dhtshare does not encrypt either
+            # Plaintext, as issue 9 asks to compare against (libtorrent's RC4
+            # "encryption" is obfuscation, not authenticated encryption)
             "out_enc_policy": int(lt.enc_policy.disabled),
             "in_enc_policy": int(lt.enc_policy.disabled),
             # quiet; we only need status and errors

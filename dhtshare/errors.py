@@ -118,6 +118,24 @@ _HINTS = {
 }
 
 
+#: Characters of an untrusted value quoted in an error message, at most.
+SHOWN = 60
+
+
+def shown(value: object) -> str:
+    """An untrusted value as an error message may quote it: short, and never failing.
+
+    ``repr`` of a stranger's value can be megabytes long (and then overflow
+    the control socket's frame when the error is sent back), or fail
+    outright (a list nested a thousand deep); so only scalars are quoted,
+    truncated, and anything else is named by its type.
+    """
+    if isinstance(value, bool | int | float | str | bytes | None):
+        text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else "a huge int"
+        return text if len(text) <= SHOWN else text[: SHOWN - 3] + "..."
+    return f"a {type(value).__name__}"
+
+
 def os_error(err: OSError, action: str, path: Path | str | None = None) -> StorageError:
     """The user-facing error for an ``OSError`` met while doing ``action`` to ``path``.
 

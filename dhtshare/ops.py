@@ -23,7 +23,14 @@ from dhtshare.core.ids import ManifestHash, parse_manifest_hash
 from dhtshare.core.manifest import check_chunk_size
 from dhtshare.disk.datadir import DataDir
 from dhtshare.disk.hashing import hash_file
-from dhtshare.errors import ConfigError, NotFoundError, ReplicationShort, StorageError, os_error
+from dhtshare.errors import (
+    ConfigError,
+    NotFoundError,
+    ReplicationShort,
+    StorageError,
+    os_error,
+    shown,
+)
 from dhtshare.net.control import Emit, OpHandler
 from dhtshare.net.dht.client import Dht
 from dhtshare.net.server import ChunkServer
@@ -60,6 +67,11 @@ def _replicas(value: Any, low: int) -> int:
     return value
 
 
+def _text(value: object) -> str:
+    """An argument that must be text (a hash); anything else reads as a malformed one."""
+    return value if isinstance(value, str) else shown(value)
+
+
 @dataclass(frozen=True)
 class PublishArgs:
     path: Path
@@ -70,9 +82,13 @@ class PublishArgs:
     @classmethod
     def from_wire(cls, a: Json) -> PublishArgs:
         path, chunk_size = a.get("path"), a.get("chunk_size")
-        if not isinstance(path, str) or not isinstance(chunk_size, int):
+        if (not isinstance(path, str) or isinstance(chunk_size, bool)
+                or not isinstance(chunk_size, int)):
             raise ConfigError("publish needs a path and a chunk size")
-        return cls(Path(path), chunk_size, bool(a.get("copy")), _replicas(a.get("replicas", 0), 0))
+        if "\0" in path:
+            raise ConfigError("a path cannot contain a NUL character")
+        return cls(Path(path), chunk_size, a.get("copy") is True,
+                   _replicas(a.get("replicas", 0), 0))
 
 
 @dataclass(frozen=True)
@@ -84,11 +100,13 @@ class FetchArgs:
 
     @classmethod
     def from_wire(cls, a: Json) -> FetchArgs:
-        h = parse_manifest_hash(str(a.get("hash", "")))
+        h = parse_manifest_hash(_text(a.get("hash", "")))
         output, cwd = a.get("output"), a.get("cwd")
         if not isinstance(cwd, str) or (output is not None and not isinstance(output, str)):
             raise ConfigError("fetch needs a working directory")
-        return cls(h, Path(cwd), Path(output) if output else None, bool(a.get("force")))
+        if "\0" in cwd or (output is not None and "\0" in output):
+            raise ConfigError("a path cannot contain a NUL character")
+        return cls(h, Path(cwd), Path(output) if output else None, a.get("force") is True)
 
 
 @dataclass(frozen=True)
@@ -99,7 +117,7 @@ class HashArgs:
 
     @classmethod
     def from_wire(cls, a: Json) -> HashArgs:
-        return cls(parse_manifest_hash(str(a.get("hash", ""))))
+        return cls(parse_manifest_hash(_text(a.get("hash", ""))))
 
 
 @dataclass(frozen=True)
@@ -109,7 +127,7 @@ class PinArgs:
 
     @classmethod
     def from_wire(cls, a: Json) -> PinArgs:
-        h = parse_manifest_hash(str(a.get("hash", "")))
+        h = parse_manifest_hash(_text(a.get("hash", "")))
         return cls(h, _replicas(a.get("replicas") or DEFAULT_REPLICAS, 1))
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from dhtshare.config import MAX_HEADER_SIZE
 from dhtshare.core.ids import HASH_LEN
-from dhtshare.errors import RemoteProtocolError
+from dhtshare.errors import RemoteProtocolError, shown
 
 MAX_REQ_ID = 2**32 - 1
 MAX_TEXT = 4096
@@ -19,7 +19,7 @@ MAX_TEXT = 4096
 
 def int_in(v: Any, lo: int, hi: int, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise RemoteProtocolError(f"bad {what}: {v!r}")
+        raise RemoteProtocolError(f"bad {what}: {shown(v)}")
     return v
 
 

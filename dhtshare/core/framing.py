@@ -81,6 +81,9 @@ class FrameDecoder:
         self._body: bytearray | mmap.mmap | None = None
         self._body_filled = 0
         self._body_header = b""
+        #: The frame at ``_start`` whose small body is still coming: (offset, header).
+        #: Kept so a body trickling in byte by byte does not re-copy its header each time.
+        self._waiting: tuple[int, bytes] | None = None
         self._frames: list[Frame] = []
         self.bytes_received = 0
         #: Asked ``(header, body_len)`` before any body byte is kept; raises to refuse.
@@ -137,6 +140,8 @@ class FrameDecoder:
     def _compact(self) -> None:
         n = self._end - self._start
         self._scratch[:n] = self._scratch[self._start : self._end]
+        if self._waiting is not None:
+            self._waiting = (self._waiting[0] - self._start, self._waiting[1])
         self._start, self._end = 0, n
 
     def _parse(self) -> None:
@@ -151,14 +156,19 @@ class FrameDecoder:
             bstart = hstart + hlen
             if self._end < bstart:
                 break
-            header = bytes(buf[hstart:bstart])
-            if blen and self.admit_body is not None:
-                self.admit_body(header, blen)  # pure: may be asked again as bytes arrive
+            if self._waiting is not None and self._waiting[0] == self._start:
+                header = self._waiting[1]  # copied and admitted when it first came
+            else:
+                header = bytes(buf[hstart:bstart])
+                if blen and self.admit_body is not None:
+                    self.admit_body(header, blen)
+                self._waiting = (self._start, header)
             have = self._end - bstart
             if have >= blen:
                 body = bytes(buf[bstart : bstart + blen])
                 self._frames.append(Frame(header, body))
                 self._start = bstart + blen
+                self._waiting = None
                 continue
             if blen <= _SMALL_BODY:
                 if bstart + blen > len(buf):
@@ -169,6 +179,8 @@ class FrameDecoder:
             self._body, self._body_filled = body_buf, have
             self._body_header = header
             self._start = self._end = 0
+            self._waiting = None
             break
         if self._start == self._end:
             self._start = self._end = 0
+            self._waiting = None

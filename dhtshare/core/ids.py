@@ -13,7 +13,7 @@ import os
 import re
 from typing import NewType
 
-from dhtshare.errors import ConfigError
+from dhtshare.errors import ConfigError, shown
 
 HASH_LEN = 32
 NODE_ID_LEN = 20
@@ -30,7 +30,7 @@ def parse_manifest_hash(text: str) -> ManifestHash:
     cleaned = text.strip().lower()
     if not _HEX64.fullmatch(cleaned):
         raise ConfigError(
-            f"malformed hash {text!r}: expected 64 hexadecimal characters "
+            f"malformed hash {shown(text)}: expected 64 hexadecimal characters "
             "(the last line printed by 'dhtshare publish')"
         )
     return ManifestHash(bytes.fromhex(cleaned))

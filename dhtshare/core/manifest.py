@@ -22,7 +22,7 @@ import msgpack
 
 from dhtshare.config import MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE, MIB, MIN_CHUNK_SIZE
 from dhtshare.core.ids import HASH_LEN, ChunkHash, ManifestHash
-from dhtshare.errors import ConfigError, ManifestError
+from dhtshare.errors import ConfigError, ManifestError, shown
 
 FORMAT_VERSION = 1
 MAX_NAME_BYTES = 255
@@ -31,7 +31,7 @@ MAX_MANIFEST_BYTES = MAX_CHUNKS * HASH_LEN + 1024
 
 _FIELDS = ("v", "name", "size", "chunk_size", "hashes")
 #: Bidirectional-text controls: they make a name display as something else.
-_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def chunk_count(size: int, chunk_size: int) -> int:
@@ -58,15 +58,15 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not name:
         raise ManifestError("manifest has an empty or non-text file name")
     if name in (".", "..") or any(c in name for c in "/\\\0"):
-        raise ManifestError(f"manifest file name {name!r} is not a plain base name")
+        raise ManifestError(f"manifest file name {shown(name)} is not a plain base name")
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI for c in name):
-        raise ManifestError(f"manifest file name {name!r} contains control characters")
+        raise ManifestError(f"manifest file name {shown(name)} contains control characters")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise ManifestError("manifest file name is longer than 255 bytes")
     try:
         name.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise ManifestError(f"manifest file name {name!r} is not valid UTF-8") from err
+        raise ManifestError(f"manifest file name {shown(name)} is not valid UTF-8") from err
     return name
 
 
@@ -155,7 +155,7 @@ class Manifest:
         if not isinstance(obj, dict) or tuple(obj) != _FIELDS:
             raise ManifestError("manifest does not have the expected fields")
         if obj["v"] != FORMAT_VERSION or isinstance(obj["v"], bool):
-            raise ManifestError(f"unsupported manifest format version {obj['v']!r}")
+            raise ManifestError(f"unsupported manifest format version {shown(obj['v'])}")
         manifest = cls(
             name=obj["name"], size=obj["size"], chunk_size=obj["chunk_size"], hashes=obj["hashes"]
         )

@@ -23,7 +23,7 @@ from dhtshare.core.fields import MAX_TEXT as MAX_TEXT
 from dhtshare.core.fields import arity, hash32, int_in, raw_bytes, req_id, str_map, text
 from dhtshare.core.framing import Buffer
 from dhtshare.core.ids import HASH_LEN, NODE_ID_LEN
-from dhtshare.errors import RemoteProtocolError
+from dhtshare.errors import RemoteProtocolError, shown
 
 #: HAVE updates are batched; one message names at most this many chunks.
 MAX_HAVE_BATCH = 4096
@@ -305,7 +305,7 @@ def decode(header: bytes | bytearray, body: Buffer = b"") -> Message:
     try:
         mtype = MsgType(int_in(obj[0], 0, 255, "message type"))
     except ValueError as err:
-        raise RemoteProtocolError(f"unknown message type {obj[0]!r}") from err
+        raise RemoteProtocolError(f"unknown message type {shown(obj[0])}") from err
     f = obj[1:]
     arity(f, _ARITY[mtype], mtype.name)
     if body and mtype not in _BODIES:

@@ -215,7 +215,8 @@ class Session:
         #: The peer's HELLO, once the handshake is done.
         self.peer_hello: m.Hello | None = None
         self._state = State.IDLE
-        self._outstanding: set[int] = set()
+        #: Our requests awaiting an answer, with the largest DATA body each may get.
+        self._outstanding: dict[int, int] = {}
         self._last_id = 0
         self._incoming = 0
         #: A violation the codec found; raised once the frames before it are read.
@@ -237,7 +238,7 @@ class Session:
     @property
     def outstanding(self) -> frozenset[int]:
         """Ids of our requests that await an answer."""
-        return frozenset(self._outstanding)
+        return frozenset(self._outstanding)  # the ids
 
     # -- opening and closing ---------------------------------------------------------
     @property
@@ -303,16 +304,17 @@ class Session:
         Called by the codec with the frame's header as soon as it is complete,
         which may be before the frames ahead of it (a HELLO) became events, so
         it judges the header alone: only DATA, HAVE, PUT_MANIFEST and PUT_CHUNK
-        carry bodies, each within its own bound, and a DATA body larger than a
-        chunk must answer a request we are waiting for (a manifest).  Whether
-        the message may come at all is decided when it becomes an event.
+        carry bodies, each within its own bound, and a DATA body is bounded by
+        the request it answers (a chunk, or for GET_MANIFEST a manifest of up
+        to 4 Mi hashes).  Whether the message may come at all is decided when
+        it becomes an event.
         """
         if len(header) < 3 or not 0x91 <= header[0] <= 0x9F:  # [type, ...], short
             raise RemoteProtocolError(f"a body of {body_len} bytes where none may come")
         kind = header[1]
         limit = _BODY_LIMITS.get(kind, 0)
-        if kind == m.MsgType.DATA and body_len > limit and _req_of(header) in self._outstanding:
-            limit = MAX_BODY_SIZE
+        if kind == m.MsgType.DATA:
+            limit = self._outstanding.get(_req_of(header), limit)
         if body_len > limit:
             raise RemoteProtocolError(
                 f"message type {kind} may not carry a body of {body_len} bytes (at most {limit})"
@@ -357,7 +359,7 @@ class Session:
             case m.Data() | m.NotFound() | m.Error() | m.Have() | m.Ok():
                 if msg.req not in self._outstanding:
                     return None  # we cancelled it, or never asked: not the peer's fault
-                self._outstanding.discard(msg.req)
+                del self._outstanding[msg.req]
                 event = Response(msg, body)
             case m.GetManifest() | m.GetChunk() | m.GetHave() | m.PutManifest() | m.PutChunk():
                 self._check_serving()
@@ -462,7 +464,10 @@ class Session:
             raise LocalProtocolError(f"request id {msg.req} is already outstanding")
         body = body or m.payload(msg)
         wire = self.codec.seal(self._head(msg, len(body)), body)
-        self._outstanding.add(msg.req)
+        # Only a manifest may be larger than a chunk (up to 4 Mi hashes).
+        self._outstanding[msg.req] = (
+            MAX_BODY_SIZE if isinstance(msg, m.GetManifest) else MAX_CHUNK_SIZE
+        )
         return wire
 
     def cancel(self, req: int) -> Wire:
@@ -472,7 +477,7 @@ class Session:
         """
         if req not in self._outstanding:
             return ()
-        self._outstanding.discard(req)
+        del self._outstanding[req]
         if self._state is not State.OPEN:
             return ()
         return self.codec.seal(self._head(m.Cancel(req), 0), b"")

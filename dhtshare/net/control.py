@@ -19,7 +19,7 @@ from typing import Any
 
 from dhtshare.core import messages as m
 from dhtshare.core.framing import FrameDecoder, encode_frame
-from dhtshare.errors import DhtshareError, RemoteProtocolError, os_error
+from dhtshare.errors import DhtshareError, LocalProtocolError, RemoteProtocolError, os_error, shown
 from dhtshare.net.ctlclient import peer_uid, trusted_uid
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class ControlServer:
         handler = self.ops.get(msg.op)
         try:
             if handler is None:
-                raise DhtshareError(f"unknown control operation {msg.op!r}")
+                raise DhtshareError(f"unknown control operation {shown(msg.op)}")
             op = asyncio.ensure_future(handler(msg.args, emit))
             hangup = asyncio.ensure_future(reader.read(1))
             try:
@@ -135,5 +135,11 @@ class ControlServer:
         except Exception as err:
             log.exception("control operation %s failed", msg.op)
             event = m.ControlEvent(msg.req, "error", {"message": f"internal error: {err}"})
-        writer.write(encode_frame(m.encode(event)))
+        try:
+            frame = encode_frame(m.encode(event))
+        except LocalProtocolError:  # larger than a frame may be: say so, not nothing
+            log.warning("control operation %s: answer too large to send", msg.op)
+            frame = encode_frame(m.encode(m.ControlEvent(
+                msg.req, "error", {"message": f"the answer to {msg.op} is too large to send"})))
+        writer.write(frame)
         await writer.drain()
