@@ -22,13 +22,13 @@ import asyncio
 import contextvars
 import json
 import logging
-import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from dhtshare.core.identity import Identity
 from dhtshare.core.ids import dht_key
 from dhtshare.core.providers import Announcement
 from dhtshare.net.dht.client import PROVIDERS_NS, Dht
@@ -83,11 +83,11 @@ class Node:
         stats = self.stats
         orig_call = proto._call
 
-        async def counted_call(node: Any, method: str, *args: Any) -> Any:
+        async def counted_call(node: Any, method: str, *args: Any, **kw: Any) -> Any:
             op = _OP.get()
             skipped = proto.is_dead((node.ip, node.port))
             t0 = time.monotonic()
-            result = await orig_call(node, method, *args)
+            result = await orig_call(node, method, *args, **kw)
             t1 = time.monotonic()
             if skipped:  # answered from the dead-peer cache: nothing was sent
                 keys = ["dead_skips"]
@@ -131,7 +131,7 @@ class Worker:
 
     async def start(self) -> list[dict[str, Any]]:
         for _ in range(self.count):
-            dht = Dht(os.urandom(20))
+            dht = Dht(Identity.generate())
             try:
                 await dht.listen("127.0.0.1", 0)
             except BaseException:

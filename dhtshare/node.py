@@ -93,7 +93,7 @@ class Node:
             store.load()
             server = ChunkServer(store)
             undo.callback(server.close)
-            dht = Dht(data.node_id, timeout=config.dht_timeout, dead_ttl=config.dead_peer_ttl)
+            dht = Dht(data.identity, timeout=config.dht_timeout, dead_ttl=config.dead_peer_ttl)
             undo.callback(dht.stop)
             closed = _forget_leaving(dht)
             link = None if config.plaintext_links else LinkSecurity(data.identity)

@@ -7,10 +7,21 @@ expiry, capped in count, unioned on lookup.  A record says where the
 provider's chunk service listens and which chunks of the manifest it holds,
 in a compact form (``complete``, or a small bitfield, or "partial, ask me").
 
-The provider's host is taken from the UDP packet that announced it, never
-from the payload, unless the node was started with ``--advertise``; a write
-token bound to the sender's address (as in BitTorrent's BEP 5) proves the
-announcer can receive packets there, so nobody can register someone else.
+Every record is **signed** by its provider's Ed25519 key (see
+:mod:`dhtshare.core.identity`): the signature covers the DHT key, the node
+id, the port, what it holds and when it was issued, for how long.  A holder
+checks it before storing and a fetcher before using, so nobody can announce
+in another node's name, and a holder cannot make records up either.
+
+The provider's host is not signed: it is taken from the UDP packet that
+announced it, never from the payload; a write token bound to the sender's
+address (as in BitTorrent's BEP 5) proves the announcer can receive packets
+there, so nobody can register someone else's address.
+
+Strangers may still send as many valid-looking records as they like, signed
+with fresh keys: the store is bounded per key, per source address and per
+provider key, and when a key is full it evicts from whoever holds the most
+records of that key, so a flood pushes out the flooder's own records first.
 """
 
 from __future__ import annotations
@@ -20,77 +31,182 @@ import hmac
 import ipaddress
 import math
 import os
+import sys
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
+from dhtshare.core.identity import PUBLIC_LEN, Identity, node_id_of, verify
 from dhtshare.core.ids import NODE_ID_LEN
 
 #: Bitfields above this many bytes are not put in the DHT (a record must stay
 #: well under the ~1.2 KB that is safe in one UDP datagram); such providers
 #: are marked "partial" and asked for their chunk map directly.
 MAX_DHT_BITFIELD = 512
-MAX_PROVIDERS_PER_KEY = 64
-MAX_KEYS = 200_000
 #: A provider may ask for a record to live at most this long.
 MAX_TTL = 24 * 3600.0
+SIGNATURE_LEN = 64
 TOKEN_LEN = 8
 TOKEN_ROTATE = 300.0
 
+#: How far apart two nodes' wall clocks may be.  A record's signed issue time
+#: is only used to refuse stale replays (issued + ttl + this < now), never to
+#: time its expiry, which runs on the holder's own monotonic clock: a node
+#: whose clock is minutes off still has its records kept for their whole ttl.
+SKEW_ALLOWANCE = 3600.0
+
+# -- caps: what one node keeps for everyone else ---------------------------------------
+#: Records per key.  A popular file has more providers than this; a lookup
+#: unions the sets of the 8 closest nodes, and a fetch needs a few, not all.
+MAX_PROVIDERS_PER_KEY = 64
+#: Records of one key from one source address (an IPv4 address, an IPv6 /64).
+#: One host seldom runs more than a few nodes; a flooder with one address
+#: cannot fill a key, and needs 16 addresses that receive packets to do so.
+MAX_PER_SOURCE_PER_KEY = 4
+#: Records from one source address across all keys.  Honest nodes hold far
+#: fewer here (a node stores only the keys near its id), except in a tiny
+#: network where every node holds every key: a NAT-shared address with more
+#: than this many files among its nodes then has only this many findable here.
+MAX_PER_SOURCE = 4096
+#: Records signed by one provider key across all keys (the same reasoning:
+#: a node sharing more files than this in a network of a handful of nodes).
+#: Beyond it a provider's new records are refused; it keeps those it has.
+MAX_PER_PROVIDER = 4096
+#: Records in all: at most about 50 MB (~1 KB a record when each has a key, a
+#: provider and a source of its own).  The caps above bound one flooder, this
+#: bounds a crowd of them: when full, the source holding the most records
+#: loses its oldest one.
+MAX_RECORDS = 50_000
+#: Keys in all (never the binding limit while it is at least MAX_RECORDS).
+MAX_KEYS = 200_000
+#: IPv6 sources are counted per /64, the block one subscriber gets.
+IPV6_SOURCE_PREFIX = 64
 
 #: The host of a node's record about itself: "wherever you reached me".  A
 #: node bound to 0.0.0.0 cannot know which of its addresses a peer used, but
-#: the peer does, and substitutes it (see ``Dht._parse_reply``).
+#: the peer does, and substitutes it (see ``lookups._parse_reply``).
 SELF_HOST = ""
+#: The source of this node's own records (exempt from the per-source caps).
+OWN = "\0own"
+
+PROVIDER_DOMAIN = b"dhtshare/provider/v1\0"
+WITHDRAW_DOMAIN = b"dhtshare/withdraw/v1\0"
+
+
+def _pack(obj: Any) -> bytes:
+    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    return out
+
+
+def provider_payload(
+    key: bytes, node_id: bytes, port: int, complete: bool, bitfield: bytes,
+    issued_at: int, ttl: int,
+) -> bytes:
+    """The bytes a provider signs: domain-separated, every field but the host."""
+    return PROVIDER_DOMAIN + _pack([key, node_id, port, complete, bitfield, issued_at, ttl])
+
+
+def withdraw_payload(key: bytes, node_id: bytes, issued_at: int) -> bytes:
+    return WITHDRAW_DOMAIN + _pack([key, node_id, issued_at])
+
+
+def stale(issued_at: int, ttl: float, wall: float) -> bool:
+    """Whether a record issued at ``issued_at`` (ms) for ``ttl`` s is past any skew."""
+    return issued_at / 1000 + ttl + SKEW_ALLOWANCE < wall
+
+
+def _is_int(v: object, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_proof(issued_at: object, public_key: object, signature: object) -> bool:
+    return (
+        _is_int(issued_at, 0, 2**63 - 1)
+        and isinstance(public_key, bytes)
+        and len(public_key) == PUBLIC_LEN
+        and isinstance(signature, bytes)
+        and len(signature) == SIGNATURE_LEN
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderRecord:
-    """One provider of one key, as returned by a lookup."""
+    """One provider of one key, as returned by a lookup (with its provider's signature)."""
 
     node_id: bytes
     host: str
     port: int
+    #: Seconds left, as the holder that returned it counts (at most ``signed_ttl``).
     ttl: float
     complete: bool
     bitfield: bytes = b""
+    #: When the provider signed it (ms since the epoch, its clock) and for how long (s).
+    issued_at: int = 0
+    signed_ttl: int = 0
+    public_key: bytes = b""
+    signature: bytes = b""
 
     @property
     def address(self) -> tuple[str, int]:
         return (self.host, self.port)
 
     def to_wire(self) -> list[Any]:
-        ttl = math.ceil(self.ttl)
-        return [self.node_id, self.host, self.port, ttl, self.complete, self.bitfield]
+        ttl = min(math.ceil(self.ttl), self.signed_ttl)
+        return [self.node_id, self.host, self.port, ttl, self.complete, self.bitfield,
+                self.issued_at, self.signed_ttl, self.public_key, self.signature]
 
     @classmethod
     def from_wire(cls, obj: Any) -> ProviderRecord | None:
-        """Parse one record from a lookup answer; ``None`` when malformed."""
-        if not isinstance(obj, list | tuple) or len(obj) != 6:
+        """Parse one record from a lookup answer; ``None`` when malformed.
+
+        Only the shape is checked here: :meth:`verify` checks the signature.
+        """
+        if not isinstance(obj, list | tuple) or len(obj) != 10:
             return None
-        node_id, host, port, ttl, complete, bitfield = obj
+        node_id, host, port, ttl, complete, bitfield, issued_at, signed_ttl, pub, sig = obj
         if not (
             isinstance(node_id, bytes)
             and len(node_id) == NODE_ID_LEN
             and isinstance(host, str)
             and len(host) <= 255
-            and isinstance(port, int)
-            and not isinstance(port, bool)
-            and 0 < port < 65536
+            and _is_int(port, 1, 65535)
             and isinstance(ttl, int | float)
             and math.isfinite(ttl)
             and isinstance(complete, bool)
             and isinstance(bitfield, bytes)
             and len(bitfield) <= MAX_DHT_BITFIELD
+            and _is_int(signed_ttl, 1, int(MAX_TTL))
+            and _is_proof(issued_at, pub, sig)
         ):
             return None
-        return cls(node_id, host, port, float(ttl), complete, bitfield)
+        return cls(node_id, host, port, float(min(ttl, signed_ttl)), complete, bitfield,
+                   issued_at, signed_ttl, pub, sig)
+
+    def payload(self, key: bytes) -> bytes:
+        return provider_payload(key, self.node_id, self.port, self.complete, self.bitfield,
+                                self.issued_at, self.signed_ttl)
+
+    def verify(self, key: bytes, wall: float | None = None) -> bool:
+        """Whether this record is ``node_id``'s own, signed for ``key``, and not a stale replay."""
+        wall = time.time() if wall is None else wall
+        return (
+            not stale(self.issued_at, self.signed_ttl, wall)
+            and node_id_of(self.public_key) == self.node_id
+            and verify(self.public_key, self.signature, self.payload(key))
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Announcement:
-    """What a provider sends about itself (the host comes from the packet)."""
+    """What a provider says about itself before it is signed (the host comes from the packet).
+
+    ``advertise`` is the host this node tells others to use (``--advertise``);
+    only its own store uses it: other holders take the packet's source address.
+    """
 
     port: int
     ttl: float
@@ -98,29 +214,121 @@ class Announcement:
     bitfield: bytes = b""
     advertise: str | None = None
 
-    def to_wire(self) -> list[Any]:
-        bitfield = self.bitfield if len(self.bitfield) <= MAX_DHT_BITFIELD else b""
-        return [self.port, self.advertise, math.ceil(self.ttl), self.complete, bitfield]
+
+@dataclass(frozen=True, slots=True)
+class SignedAnnouncement:
+    """An announcement as ``add_provider`` carries it, signed by the provider.
+
+    On the wire: ``[port, advertise or nil, ttl, complete, bitfield,
+    issued_at, public_key, signature]``; the node id is the request's sender
+    id and the key the request's key, both covered by the signature.
+    """
+
+    node_id: bytes
+    port: int
+    ttl: int
+    complete: bool
+    bitfield: bytes
+    issued_at: int
+    public_key: bytes
+    signature: bytes
+    advertise: str | None = None
 
     @classmethod
-    def from_wire(cls, obj: Any) -> Announcement | None:
-        if not isinstance(obj, list | tuple) or len(obj) != 5:
+    def make(cls, identity: Identity, key: bytes, ann: Announcement,
+             issued_at: int) -> SignedAnnouncement:
+        bitfield = ann.bitfield if len(ann.bitfield) <= MAX_DHT_BITFIELD else b""
+        ttl = max(1, min(math.ceil(ann.ttl), int(MAX_TTL)))
+        payload = provider_payload(key, identity.node_id, ann.port, ann.complete, bitfield,
+                                   issued_at, ttl)
+        return cls(identity.node_id, ann.port, ttl, ann.complete, bitfield, issued_at,
+                   identity.public_key, identity.sign(payload), ann.advertise)
+
+    def to_wire(self) -> list[Any]:
+        return [self.port, self.advertise, self.ttl, self.complete, self.bitfield,
+                self.issued_at, self.public_key, self.signature]
+
+    @classmethod
+    def from_wire(cls, node_id: bytes, obj: Any) -> SignedAnnouncement | None:
+        """Parse the shape (the signature is :meth:`verify`'s); ``None`` when malformed."""
+        if not isinstance(obj, list | tuple) or len(obj) != 8:
             return None
-        port, advertise, ttl, complete, bitfield = obj
+        port, advertise, ttl, complete, bitfield, issued_at, pub, sig = obj
         if not (
-            isinstance(port, int)
-            and not isinstance(port, bool)
-            and 0 < port < 65536
+            isinstance(node_id, bytes)
+            and len(node_id) == NODE_ID_LEN
+            and _is_int(port, 1, 65535)
             and (advertise is None or (isinstance(advertise, str) and 0 < len(advertise) <= 255))
-            and isinstance(ttl, int | float)
-            and not math.isnan(ttl)
-            and ttl > 0
+            and _is_int(ttl, 1, int(MAX_TTL))
             and isinstance(complete, bool)
             and isinstance(bitfield, bytes)
             and len(bitfield) <= MAX_DHT_BITFIELD
+            and _is_proof(issued_at, pub, sig)
         ):
             return None
-        return cls(port, min(float(ttl), MAX_TTL), complete, bitfield, advertise)
+        return cls(node_id, port, ttl, complete, bitfield, issued_at, pub, sig, advertise)
+
+    def owned(self) -> bool:
+        """Whether the key is the node id's (a hash: cheap, checked before the signature)."""
+        return node_id_of(self.public_key) == self.node_id
+
+    def verify(self, key: bytes) -> bool:
+        payload = provider_payload(key, self.node_id, self.port, self.complete, self.bitfield,
+                                   self.issued_at, self.ttl)
+        return self.owned() and verify(self.public_key, self.signature, payload)
+
+    def stale(self, wall: float | None = None) -> bool:
+        return stale(self.issued_at, self.ttl, time.time() if wall is None else wall)
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """A provider's signed "forget my record of this key" (``[issued_at, public_key, sig]``).
+
+    It removes a record issued no later than itself, so replaying an old
+    withdrawal cannot remove a newer announcement.
+    """
+
+    issued_at: int
+    public_key: bytes
+    signature: bytes
+
+    @classmethod
+    def make(cls, identity: Identity, key: bytes, issued_at: int) -> Withdrawal:
+        sig = identity.sign(withdraw_payload(key, identity.node_id, issued_at))
+        return cls(issued_at, identity.public_key, sig)
+
+    def to_wire(self) -> list[Any]:
+        return [self.issued_at, self.public_key, self.signature]
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Withdrawal | None:
+        if not isinstance(obj, list | tuple) or len(obj) != 3 or not _is_proof(*obj):
+            return None
+        return cls(*obj)
+
+    def verify(self, key: bytes, node_id: bytes) -> bool:
+        return (node_id_of(self.public_key) == node_id
+                and verify(self.public_key, self.signature,
+                           withdraw_payload(key, node_id, self.issued_at)))
+
+
+class Signer:
+    """Signs this node's announcements and withdrawals, with issue times that only go up."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self._last = 0
+
+    def _issue_time(self) -> int:
+        self._last = max(int(time.time() * 1000), self._last + 1)
+        return self._last
+
+    def announcement(self, key: bytes, ann: Announcement) -> SignedAnnouncement:
+        return SignedAnnouncement.make(self.identity, key, ann, self._issue_time())
+
+    def withdrawal(self, key: bytes) -> Withdrawal:
+        return Withdrawal.make(self.identity, key, self._issue_time())
 
 
 def is_loopback(host: str) -> bool:
@@ -130,98 +338,271 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def source_of(ip: str) -> str:
+    """What the per-source caps count by: an IPv4 address, or an IPv6 address's /64."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, IPV6_SOURCE_PREFIX), strict=False))
+    return str(addr)
+
+
 @dataclass(slots=True)
 class _Entry:
     host: str
     port: int
+    #: On this node's monotonic clock.
     expires: float
     complete: bool
     bitfield: bytes
-    #: The IP address the record was registered from: only it may replace or remove it.
+    #: The IP address the record was registered from, and what the caps count it by.
     origin: str
+    source: str
+    issued_at: int
+    signed_ttl: int
+    public_key: bytes
+    signature: bytes
+
+    def record(self, node_id: bytes, now: float) -> ProviderRecord:
+        return ProviderRecord(node_id, self.host, self.port, self.expires - now, self.complete,
+                              self.bitfield, self.issued_at, self.signed_ttl, self.public_key,
+                              self.signature)
 
 
 class ProviderStore:
-    """Per-key provider sets with per-entry expiry and caps on keys and entries."""
+    """Per-key provider sets with per-entry expiry, bounded per key, source and provider.
+
+    Callers check signatures (:meth:`SignedAnnouncement.verify`) before
+    :meth:`add`; the store decides what to keep.
+    """
 
     def __init__(
-        self, max_per_key: int = MAX_PROVIDERS_PER_KEY, max_keys: int = MAX_KEYS
+        self,
+        max_per_key: int = MAX_PROVIDERS_PER_KEY,
+        max_keys: int = MAX_KEYS,
+        *,
+        max_per_source_per_key: int = MAX_PER_SOURCE_PER_KEY,
+        max_per_source: int = MAX_PER_SOURCE,
+        max_per_provider: int = MAX_PER_PROVIDER,
+        max_records: int = MAX_RECORDS,
     ) -> None:
         self.max_per_key = max_per_key
         self.max_keys = max_keys
+        self.max_per_source_per_key = max_per_source_per_key
+        self.max_per_source = max_per_source
+        self.max_per_provider = max_per_provider
+        self.max_records = max_records
+        #: Keys in write order (the least recently written first).
         self._data: OrderedDict[bytes, dict[bytes, _Entry]] = OrderedDict()
+        #: Each source's records, oldest write first (plain dicts: an OrderedDict
+        #: of one record costs twice as much, and finding the oldest after
+        #: deletions scans at most a cap's worth).
+        self._by_source: dict[str, dict[tuple[bytes, bytes], None]] = {}
+        #: How many records each provider has here.
+        self._by_provider: dict[bytes, int] = {}
+        #: Sources by how many records they hold, to find the largest at once.
+        self._tiers: dict[int, dict[str, None]] = {}
+        self._top = 0
+        self._records = 0
         #: The keys of the current budgeted :meth:`cull` pass, and how many it has seen.
         self._sweep: list[bytes] = []
         self._swept = 0
 
     def __len__(self) -> int:
+        """How many keys have records."""
         return len(self._data)
+
+    @property
+    def records(self) -> int:
+        return self._records
+
+    def held_from(self, origin: str) -> int:
+        """How many records the source of ``origin`` holds here."""
+        return len(self._by_source.get(source_of(origin), ()))
+
+    def issued(self, key: bytes, node_id: bytes) -> int | None:
+        """When ``node_id``'s record of ``key`` here was issued (``None``: there is none)."""
+        current = self._data.get(key, {}).get(node_id)
+        return None if current is None else current.issued_at
+
+    def held_by(self, node_id: bytes) -> int:
+        """How many records provider ``node_id`` has here."""
+        return self._by_provider.get(node_id, 0)
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def _retier(self, source: str, before: int, after: int) -> None:
+        if before:
+            tier = self._tiers[before]
+            del tier[source]
+            if not tier:
+                del self._tiers[before]
+        if after:
+            self._tiers.setdefault(after, {})[source] = None
+        if after > self._top:
+            self._top = after
+        while self._top and self._top not in self._tiers:
+            self._top -= 1
+
+    def _insert(self, key: bytes, node_id: bytes, entry: _Entry) -> None:
+        entries = self._data.get(key)
+        if entries is None:
+            entries = self._data[key] = {}
+        else:
+            self._data.move_to_end(key)
+        entries[node_id] = entry
+        mine = self._by_source.setdefault(entry.source, {})
+        mine[(key, node_id)] = None
+        self._retier(entry.source, len(mine) - 1, len(mine))
+        self._by_provider[node_id] = self._by_provider.get(node_id, 0) + 1
+        self._records += 1
+
+    def _delete(self, key: bytes, node_id: bytes) -> None:
+        entries = self._data[key]
+        entry = entries.pop(node_id)
+        if not entries:
+            del self._data[key]
+        mine = self._by_source[entry.source]
+        del mine[(key, node_id)]
+        self._retier(entry.source, len(mine) + 1, len(mine))
+        if not mine:
+            del self._by_source[entry.source]
+        left = self._by_provider[node_id] - 1
+        if left:
+            self._by_provider[node_id] = left
+        else:
+            del self._by_provider[node_id]
+        self._records -= 1
+
+    def _evict_oldest_of(self, source: str) -> None:
+        key, node_id = next(iter(self._by_source[source]))
+        self._delete(key, node_id)
+
+    def _evict_in_key(self, key: bytes, source: str) -> None:
+        """Key full: the oldest record of whichever source holds the most of it goes.
+
+        Counting the newcomer's source as holding one more, so that a source
+        writing to a key where it is the largest replaces its own records.
+        """
+        entries = self._data[key]
+        counts: dict[str, int] = {source: 1}
+        for e in entries.values():
+            counts[e.source] = counts.get(e.source, 0) + 1
+        top = max(counts.values())
+        for nid, e in entries.items():  # oldest write first
+            if counts[e.source] == top:
+                self._delete(key, nid)
+                return
+        self._delete(key, next(iter(entries)))  # only the newcomer's source is largest
+
+    # -- the interface -----------------------------------------------------------------
+    def may_replace(self, key: bytes, node_id: bytes, issued_at: int, origin: str,
+                    now: float | None = None) -> bool:
+        """Whether a record issued at ``issued_at`` from ``origin`` would be taken.
+
+        A live record is replaced only by one issued later, or issued at the
+        same time from the same address (a repeat): a record replayed from
+        another address cannot displace the provider's own.  Cheap: called
+        before a signature is checked.
+        """
+        now = time.monotonic() if now is None else now
+        current = self._data.get(key, {}).get(node_id)
+        if current is None or current.expires <= now:
+            return True
+        if issued_at != current.issued_at:
+            return issued_at > current.issued_at
+        return current.origin == origin
 
     def add(
         self,
         key: bytes,
-        node_id: bytes,
+        ann: SignedAnnouncement,
         host: str,
-        ann: Announcement,
+        origin: str,
+        *,
+        own: bool = False,
         now: float | None = None,
-        origin: str | None = None,
+        wall: float | None = None,
     ) -> bool:
-        """Store or refresh a record; False when another address owns this node's record."""
+        """Store or refresh a verified record; False when refused (stale, older, capped out).
+
+        ``host`` is where the provider is reached (the packet's source, or
+        :data:`SELF_HOST`), ``origin`` the IP the announcement came from, and
+        ``own`` marks this node's own records (exempt from per-source caps).
+        """
         now = time.monotonic() if now is None else now
-        origin = host if origin is None else origin
-        current = self._data.get(key, {}).get(node_id)
-        if current is not None and current.origin != origin and current.expires > now:
+        wall = time.time() if wall is None else wall
+        # Expiry runs on our clock; the signed time only caps how long a replay can live.
+        ttl = min(float(ann.ttl), MAX_TTL, ann.issued_at / 1000 + ann.ttl + SKEW_ALLOWANCE - wall)
+        if ttl <= 0 or not self.may_replace(key, ann.node_id, ann.issued_at, origin, now):
             return False
-        entries = self._data.get(key)
-        if entries is None:
+        node_id = ann.node_id
+        replacing = node_id in self._data.get(key, {})
+        if not (own or replacing) and self.held_by(node_id) >= self.max_per_provider:
+            return False  # its own records are all it can lose: it keeps the ones it has
+        # One string object per address, however many records it sends.
+        origin = sys.intern(origin)
+        host = origin if host == origin else sys.intern(host)
+        source = OWN if own else sys.intern(source_of(origin))
+        if replacing:
+            self._delete(key, node_id)
+        entries = self._data.get(key, {})
+        if not own:
+            mine = [nid for nid, e in entries.items() if e.source == source]
+            if len(mine) >= self.max_per_source_per_key:
+                self._delete(key, mine[0])
+            if len(self._by_source.get(source, ())) >= self.max_per_source:
+                self._evict_oldest_of(source)
+        if len(self._data.get(key, ())) >= self.max_per_key:
+            self._evict_in_key(key, source)
+        while self._records >= self.max_records:
+            self._evict_oldest_of(next(iter(self._tiers[self._top])))
+        if key not in self._data:
             while len(self._data) >= self.max_keys:
-                self._data.popitem(last=False)
-            entries = self._data[key] = {}
-        else:
-            self._data.move_to_end(key)
-        entries[node_id] = _Entry(host, ann.port, now + ann.ttl, ann.complete, ann.bitfield,
-                                  origin)
-        if len(entries) > self.max_per_key:
-            # Drop whichever record would lapse first.
-            oldest = min(entries, key=lambda nid: entries[nid].expires)
-            del entries[oldest]
+                oldest = next(iter(self._data))
+                for nid in list(self._data[oldest]):
+                    self._delete(oldest, nid)
+        self._insert(key, node_id, _Entry(
+            host, ann.port, now + ttl, ann.complete, ann.bitfield, origin, source,
+            ann.issued_at, ann.ttl, ann.public_key, ann.signature))
         return True
 
-    def remove(self, key: bytes, node_id: bytes, origin: str) -> bool:
-        """Remove ``node_id``'s record if it was registered from ``origin``."""
-        entries = self._data.get(key)
-        if not entries or node_id not in entries or entries[node_id].origin != origin:
+    def remove(self, key: bytes, node_id: bytes, issued_at: int | None = None) -> bool:
+        """Remove ``node_id``'s record, if it was issued no later than ``issued_at``.
+
+        ``None`` removes it whatever its age (this node's own records).
+        """
+        current = self._data.get(key, {}).get(node_id)
+        if current is None or (issued_at is not None and issued_at < current.issued_at):
             return False
-        del entries[node_id]
-        if not entries:
-            del self._data[key]
+        self._delete(key, node_id)
         return True
 
     def get(self, key: bytes, now: float | None = None) -> list[ProviderRecord]:
+        """The live records of ``key``, one source at a time in turn (fair to truncate)."""
         now = time.monotonic() if now is None else now
         entries = self._data.get(key)
         if not entries:
             return []
         for nid in [n for n, e in entries.items() if e.expires <= now]:
-            del entries[nid]
+            self._delete(key, nid)
+        entries = self._data.get(key)
         if not entries:
-            del self._data[key]
             return []
-        return [
-            ProviderRecord(nid, e.host, e.port, e.expires - now, e.complete, e.bitfield)
-            for nid, e in entries.items()
-        ]
+        return [e.record(nid, now) for nid, e in _round_robin(entries)]
 
     def cull(self, now: float | None = None, budget: int | None = None) -> int:
         """Drop expired records; returns how many went.
 
         :meth:`get` drops a key's expired records when the key is read; this
         sweeps the keys nobody reads any more, which would otherwise keep
-        their records until :attr:`max_keys` evicts them.  Without ``budget``
-        it sweeps every key at once: O(records held), most of a second at
-        :data:`MAX_KEYS`.  With it, it looks at no more than ``budget`` keys
-        and the next call carries on where this one stopped, so a sweep can
-        be spread over many small steps.
+        their records until the caps evict them.  Without ``budget``
+        it sweeps every key at once: O(records held).  With it, it looks at no
+        more than ``budget`` keys and the next call carries on where this one
+        stopped, so a sweep can be spread over many small steps.
         """
         now = time.monotonic() if now is None else now
         if budget is None:
@@ -239,11 +620,21 @@ class ProviderStore:
                 continue  # gone since the pass began
             dead = [nid for nid, e in entries.items() if e.expires <= now]
             for nid in dead:
-                del entries[nid]
+                self._delete(key, nid)
             dropped += len(dead)
-            if not entries:
-                del self._data[key]
         return dropped
+
+
+def _round_robin(entries: dict[bytes, _Entry]) -> Iterable[tuple[bytes, _Entry]]:
+    """Entries with each source's first, then each one's second, and so on."""
+    rank: dict[str, int] = {}
+    ranked = []
+    for i, (nid, e) in enumerate(entries.items()):
+        r = rank.get(e.source, 0)
+        rank[e.source] = r + 1
+        ranked.append((r, i, nid, e))
+    ranked.sort(key=lambda t: (t[0], t[1]))
+    return [(nid, e) for _, _, nid, e in ranked]
 
 
 class TokenIssuer:

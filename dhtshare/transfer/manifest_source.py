@@ -45,8 +45,9 @@ MANIFEST_TIMEOUT = 10.0
 MANIFEST_PATIENCE = 3.0
 #: A manifest request unanswered this long gets a second provider asked in parallel.
 MANIFEST_HEDGE = 0.25
-#: Most providers asked for the manifest in one fetch.
-MAX_MANIFEST_ATTEMPTS = 16
+#: Most providers asked for the manifest in one fetch (those that fail at once
+#: cost nothing; those that hang cost MANIFEST_HEDGE each).
+MAX_MANIFEST_ATTEMPTS = 32
 
 
 @dataclass
@@ -143,11 +144,32 @@ class ProviderSource:
             self.on_new(named)
 
     def order(self, records: list[ProviderRecord]) -> list[ProviderRecord]:
-        """Best first: complete copies, then the freshest records, and last the
-        providers the DHT saw time out or leave (slow is not gone: they are
-        still tried, after the others)."""
-        return sorted(records, key=lambda r: (self.s.provider_is_dead(r.address),
-                                              not r.complete, -r.ttl))
+        """Best first, one host at a time; the unreachable last.
+
+        A record's host is the address its announcement came from, so however
+        many records a flooder signs with fresh keys, they name its own few
+        hosts: taking each host's best record before anyone's second costs a
+        fetch one try per flooding address, not one per fake.  Within a turn,
+        complete copies and then the freshest records come first.  Providers
+        that did not answer us, or that the DHT saw time out or leave, go
+        last (slow is not gone: they are still tried, after the others), and
+        so do the other records of a host that did not answer.
+        """
+        book = self.book
+        failed_hosts = {host for host, _port in book.unreachable}
+
+        def rank(r: ProviderRecord) -> tuple[bool, bool, bool, float]:
+            gone = r.address in book.unreachable or self.s.provider_is_dead(r.address)
+            return (gone, r.host in failed_hosts, not r.complete, -r.ttl)
+
+        turns: dict[str, int] = {}
+        keyed = []
+        for r in sorted(records, key=rank):
+            turn = turns[r.host] = turns.get(r.host, -1) + 1
+            gone, host_failed, *_ = rank(r)
+            keyed.append(((gone, host_failed, turn), r))
+        keyed.sort(key=lambda k: k[0])  # stable: each turn keeps the order of rank
+        return [r for _, r in keyed]
 
     # -- the manifest -------------------------------------------------------------------
     async def manifest(self) -> Manifest:

@@ -103,6 +103,10 @@ class Supervisor:
             if dl.done_bytes != last_done:
                 last_done, last_progress = dl.done_bytes, now
             alive = self._alive()
+            if len(alive) < dl.services.config.max_fetch_peers:
+                # Every provider learned gets its turn, not only the first named.
+                self.spawn([r for a, r in dl.book.known.items() if a not in self.workers])
+                alive = self._alive()
             stuck = not alive or (
                 picker.unavailable() > 0 and now - last_progress > LOOKUP_INTERVAL
             )

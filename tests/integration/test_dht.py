@@ -23,8 +23,14 @@ import pytest
 from kademlia.node import Node
 
 from dhtshare.core import providers as providers_module
+from dhtshare.core.identity import Identity
 from dhtshare.core.ids import NODE_ID_LEN, dht_key
-from dhtshare.core.providers import Announcement, ProviderRecord
+from dhtshare.core.providers import (
+    Announcement,
+    ProviderRecord,
+    SignedAnnouncement,
+    Withdrawal,
+)
 from dhtshare.net.dht.client import PROVIDERS_NS, Dht
 from tests.conftest import LOOPBACK, free_port
 
@@ -59,7 +65,7 @@ class Net:
     ) -> Peer:
         for _ in range(20):
             port = free_port()
-            dht = Dht(os.urandom(NODE_ID_LEN), timeout=timeout)
+            dht = Dht(Identity.generate(), timeout=timeout)
             try:
                 await dht.listen(LOOPBACK, port)
             except OSError:  # lost the race for the port: try another
@@ -112,6 +118,15 @@ async def find(p: Peer, h: bytes) -> dict[bytes, ProviderRecord]:
 
 def key_of(h: bytes) -> bytes:
     return dht_key(PROVIDERS_NS, h)
+
+
+def signed(p: Peer, key: bytes, ann: Announcement) -> list[Any]:
+    """The ``add_provider`` wire form of ``ann``, signed by ``p``."""
+    return SignedAnnouncement.make(p.dht.identity, key, ann, int(time.time() * 1000)).to_wire()
+
+
+def withdrawal(p: Peer, key: bytes) -> list[Any]:
+    return Withdrawal.make(p.dht.identity, key, int(time.time() * 1000) + 1).to_wire()
 
 
 def closest_to(peers: Iterable[Peer], key: bytes) -> list[Peer]:
@@ -183,12 +198,18 @@ async def test_provider_host_comes_from_the_packet(net: Net) -> None:
     key = key_of(os.urandom(32))
     ok, reply = await sender.dht.protocol.get_providers(holder.addr, sender.id, key)
     assert ok
-    records, nodes, token = reply
+    records, nodes, token, truncated, public_key = reply
     assert records == []
-    assert isinstance(nodes, list)
     assert isinstance(token, bytes)
+    assert truncated is True  # a small request without a token: a small answer
+    assert public_key == holder.dht.identity.public_key
+    ok, reply = await sender.dht.protocol.get_providers(holder.addr, sender.id, key, token)
+    assert ok
+    records, nodes, token, truncated, public_key = reply
+    assert (records, truncated, public_key) == ([], False, holder.dht.identity.public_key)
+    assert len(nodes) == N - 2
     ok, reply = await sender.dht.protocol.add_provider(
-        holder.addr, sender.id, key, token, Announcement(4321, 600, True).to_wire()
+        holder.addr, sender.id, key, token, signed(sender, key, Announcement(4321, 600, True))
     )
     assert (ok, reply) == (True, True)
     (rec,) = holder.dht.providers.get(key)
@@ -258,9 +279,13 @@ class ProviderClock:
 
     def __init__(self) -> None:
         self.now = time.monotonic()
+        self._wall = time.time() - self.now
 
     def monotonic(self) -> float:
         return self.now
+
+    def time(self) -> float:
+        return self.now + self._wall
 
 
 async def test_short_ttl_record_expires(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -294,7 +319,7 @@ async def test_add_provider_with_bad_token_is_refused(net: Net) -> None:
     peers = await net.start(3)
     holder, sender, third = peers
     key = key_of(os.urandom(32))
-    wire = Announcement(sender.port, 600, True).to_wire()
+    wire = signed(sender, key, Announcement(sender.port, 600, True))
     proto = sender.dht.protocol
 
     for bad in (b"badtoken", b"", b"\x00" * 8, "token", None, 12345):
@@ -308,9 +333,14 @@ async def test_add_provider_with_bad_token_is_refused(net: Net) -> None:
     # A good token with a malformed announcement or ids is refused too.
     _, reply = await proto.get_providers(holder.addr, sender.id, key)
     token = reply[2]
+    forged = list(wire)
+    forged[0] += 1  # another port than the one signed
     for args in (
         (sender.id, key, token, [0, None, 60, True, b""]),
         (sender.id, key, token, "announcement"),
+        (sender.id, key, token, forged),
+        (sender.id, key_of(os.urandom(32)), token, wire),  # signed for another key
+        (third.id, key, token, wire),  # someone else's record
         (sender.id, key[:-1], token, wire),
         (b"short", key, token, wire),
     ):
@@ -319,13 +349,19 @@ async def test_add_provider_with_bad_token_is_refused(net: Net) -> None:
     assert holder.dht.providers.get(key) == []
     assert len(holder.dht.providers) == 0
 
-    # remove_provider needs a token as well.
+    # remove_provider needs a token and the provider's signed withdrawal as well.
     ok, reply = await proto.add_provider(holder.addr, sender.id, key, token, wire)
     assert (ok, reply) == (True, True)
-    ok, reply = await proto.remove_provider(holder.addr, sender.id, key, b"badtoken")
+    bye = withdrawal(sender, key)
+    ok, reply = await proto.remove_provider(holder.addr, sender.id, key, b"badtoken", bye)
+    assert (ok, reply) == (True, False)
+    ok, reply = await proto.remove_provider(holder.addr, sender.id, key, token)
+    assert (ok, reply) == (True, False)
+    ok, reply = await proto.remove_provider(holder.addr, sender.id, key, token,
+                                            withdrawal(third, key))
     assert (ok, reply) == (True, False)
     assert len(holder.dht.providers.get(key)) == 1
-    ok, reply = await proto.remove_provider(holder.addr, sender.id, key, token)
+    ok, reply = await proto.remove_provider(holder.addr, sender.id, key, token, bye)
     assert (ok, reply) == (True, True)
     assert holder.dht.providers.get(key) == []
 

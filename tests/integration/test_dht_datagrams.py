@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from dhtshare.core.identity import Identity
 from dhtshare.core.ids import NODE_ID_LEN
 from dhtshare.net.dht import datagram
 from dhtshare.net.dht.client import Dht
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.timeout(30)
 async def node() -> AsyncIterator[tuple[Dht, int]]:
     for _ in range(20):
         port = free_port()
-        dht = Dht(os.urandom(NODE_ID_LEN), timeout=1.0)
+        dht = Dht(Identity.generate(), timeout=1.0)
         try:
             await dht.listen(LOOPBACK, port)
         except OSError:

@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from dhtshare.core import providers as providers_module
-from dhtshare.core.ids import NODE_ID_LEN, dht_key
+from dhtshare.core.identity import Identity
+from dhtshare.core.ids import dht_key
 from dhtshare.core.providers import Announcement
 from dhtshare.net.dht.client import PROVIDERS_NS, Dht
 from dhtshare.net.dht.kad import CULL_STEP
@@ -34,9 +35,13 @@ class ProviderClock:
 
     def __init__(self) -> None:
         self.now = time.monotonic()
+        self._wall = time.time() - self.now
 
     def monotonic(self) -> float:
         return self.now
+
+    def time(self) -> float:
+        return self.now + self._wall
 
 
 @pytest.fixture
@@ -51,7 +56,7 @@ async def start(nodes: list[tuple[Dht, int]]) -> tuple[Dht, int]:
     """A node on a free port, joined through the first of ``nodes`` if any."""
     for _ in range(20):
         port = free_port()
-        dht = Dht(os.urandom(NODE_ID_LEN), timeout=RPC_TIMEOUT)
+        dht = Dht(Identity.generate(), timeout=RPC_TIMEOUT)
         try:
             await dht.listen(LOOPBACK, port)
         except OSError:  # lost the race for the port: try another

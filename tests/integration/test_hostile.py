@@ -35,7 +35,6 @@ from dhtshare.core import messages as m
 from dhtshare.core.framing import PREFIX, Frame, encode_frame
 from dhtshare.core.handshake import LinkSecurity
 from dhtshare.core.identity import Identity
-from dhtshare.core.ids import NODE_ID_LEN
 from dhtshare.core.manifest import Manifest
 from dhtshare.core.records import SecureCodec
 from dhtshare.core.session import MAX_INCOMING_REQUESTS
@@ -425,7 +424,7 @@ async def test_oversized_and_garbage_udp_datagrams(nodes: list[NodeProc]) -> Non
     assert target.alive()
 
     # A fresh DHT node can still join through the attacked node.
-    probe = Dht(os.urandom(NODE_ID_LEN), timeout=1.0)
+    probe = Dht(Identity.generate(), timeout=1.0)
     try:
         await probe.listen(LOOPBACK, free_port())
         answered = await asyncio.wait_for(probe.bootstrap([(LOOPBACK, target.port)]), 10)

@@ -18,11 +18,19 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
+from dhtshare.core.identity import Identity
 from dhtshare.core.ids import NODE_ID_LEN, dht_key, short
-from dhtshare.core.providers import SELF_HOST, Announcement, ProviderRecord, ProviderStore
+from dhtshare.core.providers import (
+    OWN,
+    SELF_HOST,
+    Announcement,
+    ProviderRecord,
+    ProviderStore,
+    Signer,
+)
 from dhtshare.errors import ConfigError, PeerUnreachable
 from dhtshare.net.dht.datagram import Address
-from dhtshare.net.dht.kad import KSIZE, DhtProtocol, Server
+from dhtshare.net.dht.kad import KSIZE, DhtProtocol, Server, new_nonce, signed_pong
 from dhtshare.net.dht.lookups import LookupResult, OnRecords, run_lookup
 from dhtshare.net.dht.routing import Node, id_in_range, is_id, shared_bits
 
@@ -48,14 +56,16 @@ async def resolve(host: str, port: int) -> Address:
 
 
 class Dht:
-    """A running DHT node with provider records."""
+    """A running DHT node with provider records, signed with the node's key."""
 
     def __init__(
-        self, node_id: bytes, *, timeout: float = 1.5, dead_ttl: float = 300.0
+        self, identity: Identity, *, timeout: float = 1.5, dead_ttl: float = 300.0
     ) -> None:
         self.providers = ProviderStore()
-        self._server = Server(node_id, self.providers, timeout, dead_ttl)
-        self.node_id = node_id
+        self._server = Server(identity, self.providers, timeout, dead_ttl)
+        self.identity = identity
+        self.node_id: bytes = identity.node_id
+        self._signer = Signer(identity)
         #: The table refresh that follows a join (done once the table is full).
         self.refreshing: asyncio.Future[int] | None = None
 
@@ -131,13 +141,17 @@ class Dht:
         return answered
 
     async def _ping(self, addr: Address) -> Node | None:
+        """Ping a peer we join through; it must prove it holds the key of the id it gives."""
         t0 = time.monotonic()
-        result = await self.protocol.request(addr, "ping", self.node_id)
+        nonce = new_nonce()
+        result = await self.protocol.request(addr, "ping", self.node_id, nonce)
         if result[0]:
             self.protocol.rtt.sample(time.monotonic() - t0)
-        if not result[0] or not is_id(result[1]):
+        reply = result[1]
+        if not (result[0] and isinstance(reply, list) and reply and is_id(reply[0])
+                and signed_pong(reply, reply[0], nonce)):
             return None
-        node = Node(result[1], addr[0], addr[1])
+        node = Node(reply[0], addr[0], addr[1])
         self.protocol.welcome_if_new(node)
         return node
 
@@ -189,13 +203,15 @@ class Dht:
     async def announce(self, content_hash: bytes, ann: Announcement) -> int:
         """Register this node as a provider; returns how many DHT nodes confirmed.
 
-        We also keep the record ourselves, so a peer that asks us directly
-        finds us even before the other holders answer.
+        The record is signed with this node's key.  We also keep it
+        ourselves, so a peer that asks us directly finds us even before the
+        other holders answer.
         """
         key = dht_key(PROVIDERS_NS, content_hash)
         result = await run_lookup(self.protocol, key, "get_providers")
-        self.providers.add(key, self.node_id, ann.advertise or SELF_HOST, ann)
-        wire = ann.to_wire()
+        signed = self._signer.announcement(key, ann)
+        self.providers.add(key, signed, ann.advertise or SELF_HOST, OWN, own=True)
+        wire = signed.to_wire()
         results = await asyncio.gather(
             *(
                 self.protocol._call(node, "add_provider", key, token, wire)
@@ -211,11 +227,10 @@ class Dht:
         """Remove this node's record for ``content_hash`` where it is stored."""
         key = dht_key(PROVIDERS_NS, content_hash)
         result = await run_lookup(self.protocol, key, "get_providers")
-        for rec in self.providers.get(key):
-            if rec.node_id == self.node_id:
-                self.providers.remove(key, self.node_id, rec.host)
+        self.providers.remove(key, self.node_id)
+        wire = self._signer.withdrawal(key).to_wire()
         results = await asyncio.gather(
-            *(self.protocol._call(n, "remove_provider", key, token)
+            *(self.protocol._call(n, "remove_provider", key, token, wire)
               for n, token in result.closest)
         )
         return sum(1 for ok, reply in results if ok and reply is True)

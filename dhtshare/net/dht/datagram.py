@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from collections.abc import Coroutine
 from typing import Any, ClassVar
 
@@ -35,7 +36,49 @@ HEADER_LEN = 21
 Address = tuple[str, int]
 
 
-def _pack(obj: Any) -> bytes:
+def is_peer_address(address: Any) -> bool:
+    """Whether ``address`` is one we may send a datagram to: an IPv4 literal and a port.
+
+    Peers hand us addresses (contacts in their answers); asyncio closes the
+    socket for good on a ``sendto`` that fails other than with an OSError (a
+    host with a NUL, say), so nothing unchecked reaches it.
+    """
+    if not (isinstance(address, tuple) and len(address) == 2):
+        return False
+    host, port = address
+    if not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
+        return False
+    if not isinstance(host, str) or len(host) > 15:
+        return False
+    ok = _hosts.get(host)
+    if ok is None:
+        ok = _is_unicast_ipv4(host)
+        if len(_hosts) >= MAX_HOSTS_CACHED:
+            _hosts.clear()
+        _hosts[host] = ok
+    return ok
+
+
+#: Hosts already judged by :func:`is_peer_address` (the same few recur in every answer).
+MAX_HOSTS_CACHED = 4096
+_hosts: dict[str, bool] = {}
+
+
+def _is_unicast_ipv4(host: str) -> bool:
+    """A strict dotted quad (``inet_pton``), not 0.0.0.0, multicast or broadcast."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+    except (OSError, ValueError):
+        return False
+    return packed != b"\0\0\0\0" and not 224 <= packed[0] <= 239 and packed != b"\xff" * 4
+
+
+class Packed(bytes):
+    """An answer already in msgpack (an RPC that measured it sends it as it is)."""
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack as the wire has it (bytes as bin, strings as str)."""
     out: bytes = msgpack.packb(obj, use_bin_type=True)
     return out
 
@@ -55,6 +98,9 @@ class DatagramRpc(KademliaProtocol):  # type: ignore[misc]
         self._waiting: dict[bytes, tuple[asyncio.Future[Any], asyncio.TimerHandle, Address]] = {}
         #: Set by :meth:`Dht.leave`: from then on the node neither asks nor answers.
         self.leaving = False
+        #: The size of the request being answered (RPCs are answered inline), so
+        #: that an answer can be kept in proportion to it.
+        self.request_size = 0
 
     # -- task hygiene ---------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -104,6 +150,7 @@ class DatagramRpc(KademliaProtocol):  # type: ignore[misc]
             log.debug("dropped malformed datagram from %s: %r", addr, err)
             return
         if kind == REQUEST:
+            self.request_size = len(data)
             self._serve(msg_id, body, addr)
         else:
             self._accept_response(msg_id, body, addr)
@@ -126,7 +173,8 @@ class DatagramRpc(KademliaProtocol):  # type: ignore[misc]
             log.debug("dropped malformed %s request from %s: %r", body[0], addr, err)
             return
         if self.open:
-            self.transport.sendto(RESPONSE + msg_id + _pack(answer), addr)
+            body = answer if isinstance(answer, Packed) else pack(answer)
+            self.transport.sendto(RESPONSE + msg_id + body, addr)
 
     @property
     def open(self) -> bool:
@@ -141,11 +189,11 @@ class DatagramRpc(KademliaProtocol):  # type: ignore[misc]
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        if not self.open or (self.leaving and name != "leave"):
+        if not self.open or (self.leaving and name != "leave") or not is_peer_address(address):
             fut.set_result((False, None))
             return fut
         msg_id = os.urandom(HEADER_LEN - 1)
-        self.transport.sendto(REQUEST + msg_id + _pack([name, list(args)]), address)
+        self.transport.sendto(REQUEST + msg_id + pack([name, list(args)]), address)
         timer = loop.call_later(self._wait_timeout, self._expire, msg_id)
         self._waiting[msg_id] = (fut, timer, address)
         return fut
@@ -171,4 +219,4 @@ class DatagramRpc(KademliaProtocol):  # type: ignore[misc]
             fut.set_result((True, data))
 
 
-__all__ = ["Address", "DatagramRpc"]
+__all__ = ["HEADER_LEN", "Address", "DatagramRpc", "Packed", "is_peer_address", "pack"]

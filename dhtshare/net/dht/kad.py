@@ -10,10 +10,17 @@ dhtshare sees):
   answer").  It refuses the stock value ``store`` (last-writer-wins is
   useless for provider sets), validates every argument before the library
   sees it, and answers garbage with silence.
+* Provider records are signed by their provider (:mod:`dhtshare.core.providers`)
+  and checked before they are stored; the store is bounded per key, per
+  source address and per provider key.
+* It does not amplify: an asker that shows no write token for its address
+  gets at most :data:`AMPLIFICATION` times its request's bytes back (a
+  truncated answer with a token), as QUIC does before an address is validated.
 * It runs on :class:`~dhtshare.net.dht.datagram.DatagramRpc`, rpcudp's wire
   format decoded with msgpack's C codec and answered inline, and on
   :class:`~dhtshare.net.dht.routing.RoutingTable`, which answers
-  ``find_node`` with the truly closest contacts.
+  ``find_node`` with the truly closest contacts and never lets a packet from
+  a new address take over a live contact's id.
 * Contacts that time out are evicted at once (replaced from the bucket's
   waiting list, as in the paper), not asked again for a while, and never
   handed to other nodes.
@@ -24,16 +31,28 @@ dhtshare sees):
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from kademlia.network import Server as _KadServer
 from kademlia.node import Node
 from kademlia.storage import ForgetfulStorage
 
+from dhtshare.core.identity import PUBLIC_LEN, Identity, node_id_of, verify
 from dhtshare.core.lookup import RttEstimator
-from dhtshare.core.providers import Announcement, ProviderStore, TokenIssuer, is_loopback
-from dhtshare.net.dht.datagram import Address, DatagramRpc
+from dhtshare.core.providers import (
+    TOKEN_ROTATE,
+    ProviderRecord,
+    ProviderStore,
+    SignedAnnouncement,
+    TokenIssuer,
+    Withdrawal,
+    is_loopback,
+)
+from dhtshare.net.dht.datagram import HEADER_LEN, Address, DatagramRpc, Packed, pack
 from dhtshare.net.dht.routing import RoutingTable, is_id
 
 log = logging.getLogger(__name__)
@@ -46,9 +65,44 @@ HEAD_QUIET = 60.0
 SUSPECT_INTERVAL = 10.0
 MAX_SUSPECTS = 8
 MAX_DEAD = 10_000
+#: Liveness notes kept on contacts (when last heard from, last checked): a
+#: flood of fresh ids must not grow them past what the table could hold.
+MAX_SEEN = 10_000
 #: Keys checked for expired provider records on each store: more than the one
 #: record a store adds, so the sweep keeps ahead of what stores bring in.
 CULL_STEP = 8
+
+#: An answer to an asker whose address is not validated (no write token for
+#: it) is at most this many times the request's bytes: whoever forges a
+#: victim's address gets no more than this out of us towards it.
+AMPLIFICATION = 3
+#: The largest ``get_providers`` answer, to anyone (fragmented UDP beyond this
+#: is lost too often to be worth sending).
+MAX_ANSWER = 16 * 1024
+#: A first ``get_providers`` to a node (no token yet) is padded to this many
+#: bytes, so that its answer may be three times that: the closest contacts and
+#: a dozen records, usually the whole answer, in one round trip.
+PADDED_REQUEST = 1024
+#: The padding that makes such a request (21-byte header, 64 bytes of msgpack
+#: besides the padding's bytes) exactly that long.
+PAD = bytes(PADDED_REQUEST - HEADER_LEN - 64)
+#: Tokens received, kept per address for this long (they are good for one
+#: to two of the issuer's rotation periods), and for this many addresses.
+TOKEN_KEEP = TOKEN_ROTATE * 0.9
+MAX_PEER_TOKENS = 4096
+#: A ``ping`` with a nonce of this size is answered with a signature over it.
+NONCE_LEN = 16
+PING_DOMAIN = b"dhtshare/ping/v1\0"
+
+
+def signed_pong(reply: Any, node_id: bytes, nonce: bytes) -> bool:
+    """Whether ``reply`` to a nonce ping proves the answerer holds ``node_id``'s key."""
+    if not (isinstance(reply, list) and len(reply) == 3):
+        return False
+    rid, pub, sig = reply
+    return (rid == node_id and isinstance(pub, bytes) and len(pub) == PUBLIC_LEN
+            and isinstance(sig, bytes) and node_id_of(pub) == rid
+            and verify(pub, sig, PING_DOMAIN + nonce))
 
 
 class DhtProtocol(DatagramRpc):
@@ -66,10 +120,12 @@ class DhtProtocol(DatagramRpc):
         providers: ProviderStore,
         timeout: float,
         dead_ttl: float,
+        identity: Identity,
     ) -> None:
         super().__init__(source_node, storage, ksize, timeout)
         self.router = RoutingTable(self, ksize, source_node)
         self.providers = providers
+        self.identity = identity
         self.tokens = TokenIssuer()
         self.dead_ttl = dead_ttl
         self.rtt = RttEstimator()
@@ -77,6 +133,10 @@ class DhtProtocol(DatagramRpc):
         #: When each contact was last heard from (any message or answer).
         self.seen: dict[bytes, float] = {}
         self._checked: dict[bytes, float] = {}
+        #: Write tokens other nodes gave us, and when.
+        self._peer_tokens: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
+        #: Provider records whose signatures verified (see ``lookups._Checker``).
+        self.known_good: OrderedDict[tuple[bytes, ...], None] = OrderedDict()
 
     # -- liveness ---------------------------------------------------------------------
     def is_dead(self, address: Address) -> bool:
@@ -104,6 +164,17 @@ class DhtProtocol(DatagramRpc):
         self.seen.pop(node.id, None)
         self._checked.pop(node.id, None)
 
+    def disown(self, node: Node) -> None:
+        """Whoever answers at ``node``'s address is not ``node.id``: drop that pairing.
+
+        The address is not marked dead: a node that lied to us about who
+        lives there must not be able to make us shun an honest one.
+        """
+        known = self.router.get_contact(node.id)
+        if known is not None and known.same_home_as(node):
+            self.router.remove_contact(known)
+            self.seen.pop(node.id, None)
+
     def forget_peer(self, node_id: bytes, address: Address) -> bool:
         """Forget the contact ``node_id`` if it lives at ``address`` (a peer said goodbye)."""
         contact = self.router.get_contact(node_id) if is_id(node_id) else None
@@ -124,6 +195,8 @@ class DhtProtocol(DatagramRpc):
         if now - self._checked.get(node.id, -SUSPECT_INTERVAL) < SUSPECT_INTERVAL:
             return
         self._checked[node.id] = now
+        if len(self._checked) > MAX_SEEN:
+            self._prune_notes()
         self.spawn(self.call_ping(node))
 
     def handle_call_response(self, result: Any, node: Node) -> Any:
@@ -134,14 +207,31 @@ class DhtProtocol(DatagramRpc):
         return result
 
     def welcome_if_new(self, node: Node) -> None:
-        """Add or refresh a contact; never pushes stored values (we store none)."""
+        """Add or refresh a contact; never pushes stored values (we store none).
+
+        A contact's id at a new address is not believed while the old address
+        answers (Kademlia's rule: keep the old one): the routing table pings
+        the old one, and only once that failed may the new one come in.
+        """
         if not is_id(node.id) or node.id == self.source_node.id:
+            return
+        if not self.router.touch(node):
             return
         self._dead.pop((node.ip, node.port), None)
         self.seen[node.id] = time.monotonic()
-        self.router.touch(node)
+        if len(self.seen) > MAX_SEEN:
+            self._prune_notes()
 
-    async def _call(self, node: Node, method: str, *args: Any) -> Any:
+    def _prune_notes(self) -> None:
+        """Drop liveness notes on ids no longer in the table (they pile up in a flood)."""
+        known = self.router.get_contact
+        self.seen = {k: t for k, t in self.seen.items() if known(k) is not None}
+        self._checked = {k: t for k, t in self._checked.items() if known(k) is not None}
+
+    async def _call(
+        self, node: Node, method: str, *args: Any, check: Callable[[Any], bool] | None = None
+    ) -> Any:
+        """Ask ``node``; an answer ``check`` refuses means someone else lives there."""
         address = (node.ip, node.port)
         if self.is_dead(address):
             return (False, None)
@@ -149,13 +239,16 @@ class DhtProtocol(DatagramRpc):
         result = await self.request(address, method, self.source_node.id, *args)
         if result[0]:
             self.rtt.sample(time.monotonic() - t0)
+            if check is not None and not check(result[1]):
+                self.disown(node)
+                return (False, None)
         return self.handle_call_response(result, node)
 
     async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> Any:
         return await self._call(node_to_ask, "find_node", node_to_find.id)
 
     async def call_ping(self, node_to_ask: Node) -> Any:
-        return await self._call(node_to_ask, "ping")
+        return await self._call(node_to_ask, "ping", check=lambda r: r == node_to_ask.id)
 
     async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> Any:
         return await self._call(node_to_ask, "find_node", node_to_find.id)
@@ -163,11 +256,66 @@ class DhtProtocol(DatagramRpc):
     async def call_store(self, node_to_ask: Node, key: bytes, value: Any) -> Any:
         return (False, None)
 
+    # -- tokens other nodes gave us -------------------------------------------------------
+    def token_for(self, address: Address) -> bytes | None:
+        """The write token ``address`` gave us lately, if any."""
+        kept = self._peer_tokens.get(address)
+        if kept is None:
+            return None
+        if time.monotonic() - kept[1] > TOKEN_KEEP:
+            del self._peer_tokens[address]
+            return None
+        return kept[0]
+
+    def keep_token(self, address: Address, token: Any) -> None:
+        if not isinstance(token, bytes) or not token:
+            return
+        self._peer_tokens[address] = (token, time.monotonic())
+        self._peer_tokens.move_to_end(address)
+        while len(self._peer_tokens) > MAX_PEER_TOKENS:
+            self._peer_tokens.popitem(last=False)
+
+    async def call_get_providers(self, node: Node, key: bytes) -> Any:
+        """``get_providers``, shown our token for ``node`` if we have one.
+
+        Without one the request is padded (:data:`PADDED_REQUEST`) so the
+        answer may be large enough; if it still came back truncated, it is
+        asked again at once with the token it carried.  The answer must carry
+        a public key that is ``node``'s id.
+        """
+        address = (node.ip, node.port)
+
+        def check(reply: Any) -> bool:
+            return (isinstance(reply, list) and len(reply) == 5
+                    and isinstance(reply[4], bytes) and node_id_of(reply[4]) == node.id)
+
+        token = self.token_for(address)
+        if token is not None:
+            result = await self._call(node, "get_providers", key, token, check=check)
+        else:
+            result = await self._call(node, "get_providers", key, None, PAD, check=check)
+        ok, reply = result
+        if not ok:
+            return result
+        self.keep_token(address, reply[2])
+        if reply[3] is True and isinstance(reply[2], bytes) and reply[2] != token:
+            retry = await self._call(node, "get_providers", key, reply[2], check=check)
+            if retry[0]:
+                return retry
+        return result
+
     # -- stock RPCs, validated ----------------------------------------------------------
-    def rpc_ping(self, sender: Address, nodeid: Any) -> Any:
+    def rpc_ping(self, sender: Address, nodeid: Any, nonce: Any = None) -> Any:
+        """Our id; with a nonce, also our public key and a signature over the nonce."""
         if not is_id(nodeid):
             return None
-        return super().rpc_ping(sender, nodeid)
+        self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
+        if nonce is None:
+            return self.source_node.id
+        if not (isinstance(nonce, bytes) and len(nonce) == NONCE_LEN):
+            return None
+        return [self.source_node.id, self.identity.public_key,
+                self.identity.sign(PING_DOMAIN + nonce)]
 
     def rpc_find_node(self, sender: Address, nodeid: Any, key: Any) -> Any:
         if not (is_id(nodeid) and is_id(key)):
@@ -213,8 +361,17 @@ class DhtProtocol(DatagramRpc):
         return True
 
     # -- provider RPCs ------------------------------------------------------------------
-    def rpc_get_providers(self, sender: Address, nodeid: Any, key: Any) -> Any:
-        """Known providers of ``key``, the closest nodes we know, and a write token."""
+    def rpc_get_providers(
+        self, sender: Address, nodeid: Any, key: Any, token: Any = None, pad: Any = None
+    ) -> Any:
+        """``[records, closest nodes, write token, truncated, our public key]``.
+
+        An asker that shows a valid token for its address gets every record
+        (up to :data:`MAX_ANSWER` bytes); any other gets at most
+        :data:`AMPLIFICATION` times its request's size, and when the whole
+        answer is larger, only the token and the closest contacts that fit,
+        flagged truncated.  ``pad`` is ignored: it makes a request big enough.
+        """
         if not (is_id(nodeid) and is_id(key)):
             return None
         self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
@@ -222,49 +379,112 @@ class DhtProtocol(DatagramRpc):
         if not is_loopback(sender[0]):
             # A loopback address means nothing to a peer on another host.
             records = [r for r in records if not is_loopback(r.host)]
-        return [
-            [r.to_wire() for r in records[:32]],
-            self._neighbors(key, nodeid, sender),
-            self.tokens.issue(sender[0]),
-        ]
+        validated = token is not None and self.tokens.check(sender[0], token)
+        budget = MAX_ANSWER if validated else min(MAX_ANSWER,
+                                                  AMPLIFICATION * self.request_size)
+        return providers_answer(records, self._neighbors(key, nodeid, sender),
+                                self.tokens.issue(sender[0]), self.identity.public_key,
+                                budget - HEADER_LEN, validated)
 
     def rpc_add_provider(
         self, sender: Address, nodeid: Any, key: Any, token: Any, announcement: Any
     ) -> bool:
+        """Store a signed record; the host is the packet's source, whatever it says.
+
+        The cheap checks (token, shape, key matches id, age, would it be
+        taken) come before the signature's (~50 us), so refused floods cost
+        little.
+        """
         if not (is_id(nodeid) and is_id(key)) or not self.tokens.check(sender[0], token):
             return False
-        ann = Announcement.from_wire(announcement)
-        if ann is None:
+        ann = SignedAnnouncement.from_wire(nodeid, announcement)
+        if ann is None or not ann.owned() or ann.stale():
+            return False
+        if not self.providers.may_replace(key, nodeid, ann.issued_at, sender[0]):
+            return False
+        if not ann.verify(key):
             return False
         self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
         # Before the add, so that keys this step empties make room before a
         # full store evicts a live one.
         self.providers.cull(budget=CULL_STEP)
-        return self.providers.add(key, nodeid, ann.advertise or sender[0], ann, origin=sender[0])
+        return self.providers.add(key, ann, sender[0], sender[0])
 
-    def rpc_remove_provider(self, sender: Address, nodeid: Any, key: Any, token: Any) -> bool:
-        """Only the address that registered a record may remove it."""
+    def rpc_remove_provider(
+        self, sender: Address, nodeid: Any, key: Any, token: Any, withdrawal: Any = None
+    ) -> bool:
+        """Remove the sender's record, on its signed word (issued after the record)."""
         if not (is_id(nodeid) and is_id(key)) or not self.tokens.check(sender[0], token):
             return False
-        return self.providers.remove(key, nodeid, sender[0])
+        proof = Withdrawal.from_wire(withdrawal)
+        issued = self.providers.issued(key, nodeid)
+        if proof is None or issued is None or proof.issued_at < issued:
+            return False
+        if not proof.verify(key, nodeid):
+            return False
+        return self.providers.remove(key, nodeid, proof.issued_at)
+
+
+def providers_answer(
+    records: list[ProviderRecord], nodes: list[tuple[Any, ...]], token: bytes,
+    public_key: bytes, budget: int, validated: bool,
+) -> Packed:
+    """A ``get_providers`` answer of at most ``budget`` bytes of msgpack, packed.
+
+    Whole when it fits; for a validated asker, the records that fit (in the
+    store's order, one source at a time); otherwise none, and as many of the
+    closest contacts as fit, flagged truncated so the asker asks again with
+    the token.
+    """
+    wires = [r.to_wire() for r in records]
+    whole = pack([wires, nodes, token, False, public_key])
+    if len(whole) <= budget:
+        return Packed(whole)
+    if validated:
+        fixed = len(pack([[], nodes, token, False, public_key]))
+        wires = wires[:_fitting(wires, fixed, budget)]
+        return Packed(pack([wires, nodes, token, False, public_key]))
+    fixed = len(pack([[], [], token, True, public_key]))
+    return Packed(pack([[], nodes[:_fitting(nodes, fixed, budget)], token, True, public_key]))
+
+
+def _fitting(items: list[Any], fixed: int, budget: int) -> int:
+    """How many of ``items`` fit in ``budget`` bytes as the one list of a ``fixed``-byte answer.
+
+    msgpack spends one byte on an array of up to 15 items (counted in
+    ``fixed``) and three on a longer one.
+    """
+    size = fixed
+    for n, item in enumerate(items):
+        size += len(pack(item)) + (2 if n == 15 else 0)
+        if size > budget:
+            return n
+    return len(items)
 
 
 class Server(_KadServer):  # type: ignore[misc]
     protocol_class = DhtProtocol
 
-    def __init__(self, node_id: bytes, providers: ProviderStore, timeout: float, dead_ttl: float):
-        super().__init__(ksize=KSIZE, alpha=ALPHA, node_id=node_id, storage=ForgetfulStorage())
+    def __init__(self, identity: Identity, providers: ProviderStore, timeout: float,
+                 dead_ttl: float):
+        super().__init__(ksize=KSIZE, alpha=ALPHA, node_id=identity.node_id,
+                         storage=ForgetfulStorage())
+        self._identity = identity
         self._providers = providers
         self._timeout = timeout
         self._dead_ttl = dead_ttl
 
     def _create_protocol(self) -> DhtProtocol:
-        return DhtProtocol(
-            self.node, self.storage, self.ksize, self._providers, self._timeout, self._dead_ttl
-        )
+        return DhtProtocol(self.node, self.storage, self.ksize, self._providers, self._timeout,
+                           self._dead_ttl, self._identity)
 
     def refresh_table(self, interval: int = 3600) -> None:
         """Disabled: :meth:`Dht.refresh` keeps the table full with our own lookups."""
 
 
-__all__ = ["ALPHA", "CULL_STEP", "KSIZE", "DhtProtocol", "Server"]
+def new_nonce() -> bytes:
+    return os.urandom(NONCE_LEN)
+
+
+__all__ = ["ALPHA", "AMPLIFICATION", "CULL_STEP", "KSIZE", "MAX_ANSWER", "DhtProtocol",
+           "Server", "new_nonce", "providers_answer", "signed_pong"]

@@ -7,19 +7,29 @@ state machine asks for, feeds it the validated answers, unions the provider
 records every answering node returned (kademlia would keep the first), and
 when a query times out tells the nodes near that contact to check it, so the
 next node looking there is not handed it.
+
+Every provider record is checked against its provider's signature before it
+is used: a holder can drop records, but not make them up or alter them
+(:data:`MAX_VERIFIED` bounds the work of one lookup).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from dhtshare.core.lookup import Contact, Lookup
-from dhtshare.core.providers import SELF_HOST, ProviderRecord
+from dhtshare.core.providers import SELF_HOST, ProviderRecord, stale
+from dhtshare.net.dht.datagram import is_peer_address
 from dhtshare.net.dht.kad import ALPHA, KSIZE, DhtProtocol
 from dhtshare.net.dht.routing import Node, is_id
+
+log = logging.getLogger(__name__)
 
 #: How many of the closest nodes hold each provider record.
 REPLICATION = 8
@@ -27,6 +37,12 @@ REPLICATION = 8
 MAX_QUERIES = 64
 #: Most nodes told that one contact of a lookup did not answer.
 MAX_HINTED = 12
+#: Most records one answer may carry, and most signatures one lookup checks
+#: (about 100 us each); records beyond are dropped unchecked.
+MAX_RECORDS_PER_ANSWER = 64
+MAX_VERIFIED = 1024
+#: Records remembered as verified, across lookups.
+MAX_KNOWN_GOOD = 4096
 
 OnRecords = Callable[[list[ProviderRecord]], None]
 
@@ -63,6 +79,7 @@ async def run_lookup(
     found: dict[bytes, ProviderRecord] = {}
     tokens: dict[bytes, bytes] = {}
     pending: dict[asyncio.Future[Any], Contact] = {}
+    checker = _Checker(key, proto.known_good)
     loop = asyncio.get_running_loop()
     if on_records is not None:
         own = [r for r in proto.providers.get(key) if r.node_id != self_id]
@@ -79,8 +96,10 @@ async def run_lookup(
                 if proto.is_dead(c.addr):  # known dead: skip it without a query
                     lookup.failed(c.id)
                     continue
+                node = Node(c.id, c.ip, c.port)
                 query: asyncio.Future[Any] = asyncio.ensure_future(
-                    proto._call(Node(c.id, c.ip, c.port), rpc, key))
+                    proto.call_get_providers(node, key) if rpc == "get_providers"
+                    else proto._call(node, rpc, key))
                 query.add_done_callback(_suspect_on_failure(proto, lookup, c))
                 pending[query] = c
         if lookup.done or not pending:
@@ -99,7 +118,7 @@ async def run_lookup(
         for fut in done:
             c = pending.pop(fut)
             ok, reply = fut.result()
-            parsed = _parse_reply(rpc, reply, c, self_id) if ok else None
+            parsed = _parse_reply(rpc, reply, c, self_id, checker) if ok else None
             if parsed is None:
                 lookup.failed(c.id)
                 continue
@@ -158,29 +177,81 @@ def _merge(
     return fresh
 
 
+class _Checker:
+    """Signature checks of one lookup: each record once, at most :data:`MAX_VERIFIED`.
+
+    Records that verified are remembered by the protocol across lookups (a
+    fetch looks the same key up again and again), by their whole signed
+    content: the same signature on other fields is another record.
+    """
+
+    def __init__(self, key: bytes, known_good: OrderedDict[tuple[bytes, ...], None]) -> None:
+        self.key = key
+        self.wall = time.time()
+        self._good = known_good
+        self._seen: dict[tuple[bytes, ...], bool] = {}
+
+    def stale(self, rec: ProviderRecord) -> bool:
+        """Past its signed life by our clock (a holder's clock may differ: not a forgery)."""
+        return stale(rec.issued_at, rec.signed_ttl, self.wall)
+
+    def good(self, rec: ProviderRecord) -> bool | None:
+        """Whether ``rec`` verifies; ``None`` when the lookup's budget is spent."""
+        which = (rec.payload(self.key), rec.public_key, rec.signature)
+        if which in self._good:
+            self._good.move_to_end(which)
+            return True
+        known = self._seen.get(which)
+        if known is not None:
+            return known
+        if len(self._seen) >= MAX_VERIFIED:
+            return None
+        ok = self._seen[which] = rec.verify(self.key, self.wall)
+        if ok:
+            self._good[which] = None
+            while len(self._good) > MAX_KNOWN_GOOD:
+                self._good.popitem(last=False)
+        return ok
+
+
 def _parse_reply(
-    rpc: str, reply: Any, node: Contact, self_id: bytes
+    rpc: str, reply: Any, node: Contact, self_id: bytes, checker: _Checker
 ) -> tuple[list[Contact], list[ProviderRecord], bytes] | None:
-    """The contacts, records and token of an answer; ``None`` when it is malformed."""
+    """The contacts, verified records and token of an answer; ``None`` when it is malformed.
+
+    An answer with a record that fails its signature came from a node that
+    stores or makes up forgeries (holders check before storing): the rest of
+    its records are not even looked at.
+    """
     if rpc == "find_node":
         return (_contacts(reply, self_id), [], b"") if isinstance(reply, list) else None
-    if not (isinstance(reply, list) and len(reply) == 3):
+    if not (isinstance(reply, list) and len(reply) == 5):
         return None
-    raw_records, raw_nodes, token = reply
+    raw_records, raw_nodes, token, _truncated, _key = reply
     if not isinstance(raw_records, list) or not isinstance(raw_nodes, list):
         return None
     records = []
-    for raw in raw_records[:64]:
+    for raw in raw_records[:MAX_RECORDS_PER_ANSWER]:
         rec = ProviderRecord.from_wire(raw)
-        if rec is not None and rec.host == SELF_HOST:
+        if rec is None or rec.ttl <= 0 or checker.stale(rec):
+            continue
+        good = checker.good(rec)
+        if good is None:
+            break
+        if not good:
+            log.debug("%s:%d returned a forged provider record", node.ip, node.port)
+            break
+        if rec.host == SELF_HOST:
             # A node's record of itself: reachable where we just reached it.
-            rec = replace(rec, host=node.ip) if rec.node_id == node.id else None
-        if rec is not None and rec.ttl > 0:
-            records.append(rec)
+            if rec.node_id != node.id:
+                continue
+            rec = replace(rec, host=node.ip)
+        records.append(rec)
     return _contacts(raw_nodes, self_id), records, token if isinstance(token, bytes) else b""
 
 
 def _contacts(raw: list[Any], self_id: bytes) -> list[Contact]:
+    """The well-formed contacts of an answer: an id, an IPv4 literal, a port."""
     return [
         Contact(t[0], t[1], t[2])
         for t in raw[: 2 * KSIZE]
@@ -188,9 +259,7 @@ def _contacts(raw: list[Any], self_id: bytes) -> list[Contact]:
         and len(t) == 3
         and is_id(t[0])
         and t[0] != self_id
-        and isinstance(t[1], str)
-        and isinstance(t[2], int)
-        and 0 < t[2] < 65536
+        and is_peer_address((t[1], t[2]))
     ]
 
 

@@ -6,7 +6,8 @@ are not the closest it knows: lookups then converge on the wrong nodes and
 miss records.  :class:`RoutingTable` answers with the true k closest.  It
 also pings a full bucket's least recently seen contact only when that one
 has been quiet for a while (the protocol's ``check_alive``), with a tracked
-task instead of a stray one.
+task instead of a stray one, and keeps a contact's address when a packet
+from elsewhere claims its id.
 """
 
 from __future__ import annotations
@@ -51,23 +52,53 @@ class RoutingTable(_KadRoutingTable):  # type: ignore[misc]
     """kademlia's k-buckets with a correct nearest-neighbour query."""
 
     _flat: list[Node] | None = None
+    _homes: dict[tuple[str, int], Node] | None = None
 
     def contacts(self) -> list[Node]:
         """Every contact (not the waiting lists); cached until the table changes."""
         if self._flat is None:
             self._flat = [n for b in self.buckets for n in b.nodes.values()]
+            self._homes = None
         return self._flat
 
-    def touch(self, node: Node) -> None:
-        """``node`` was heard from: move it to its bucket's tail, or add it."""
+    def at_address(self, ip: str, port: int) -> Node | None:
+        """The contact living at ``ip:port``, if any (one node, one address)."""
+        contacts = self.contacts()
+        if self._homes is None:
+            self._homes = {(n.ip, n.port): n for n in contacts}
+        return self._homes.get((ip, port))
+
+    def touch(self, node: Node) -> bool:
+        """``node`` was heard from: move it to its bucket's tail, or add it.
+
+        False, and nothing changes, when ``node``'s id is known at another
+        address: one packet from a new address never takes a contact over
+        (anyone can put any id in a packet).  A live contact's old address is
+        pinged instead; once it fails to answer it is evicted, and the id is
+        free for whoever claims it next.  Likewise for a new id at the address
+        of a live contact: one address is one node, so a sender cannot fill
+        the table with ids of its own making; the contact there is pinged
+        and kept while it answers with its id.
+        """
         bucket = self.buckets[self.get_bucket_for(node)]
         known = bucket.nodes.get(node.id)
-        if known is not None or node.id in bucket.replacement_nodes:
-            if known is None or not known.same_home_as(node):
-                self._flat = None  # membership or an address changes
-            bucket.add_node(node)
+        waiting = bucket.replacement_nodes.get(node.id)
+        contact = known if known is not None else waiting
+        if contact is not None:
+            if not contact.same_home_as(node):
+                if known is not None:
+                    self.protocol.check_alive(known, quiet=0.0)
+                return False
+            if known is None:
+                self._flat = None  # a waiting contact may move in
+            bucket.add_node(contact)  # to the tail
         else:
+            there = self.at_address(node.ip, node.port)
+            if there is not None:
+                self.protocol.check_alive(there, quiet=0.0)
+                return False
             self.add_contact(node)
+        return True
 
     def remove_contact(self, node: Node) -> None:
         self._flat = None
