@@ -22,6 +22,7 @@ from dhtshare.core.bitfield import bitfield_from_indices
 from dhtshare.core.ids import short
 from dhtshare.core.providers import MAX_DHT_BITFIELD, Announcement
 from dhtshare.disk.datadir import DataDir
+from dhtshare.disk.intake import sweep_empty
 from dhtshare.disk.store import ContentStore
 from dhtshare.errors import DhtshareError, NotJoined
 from dhtshare.net.dht.client import Dht, require_contacts
@@ -174,6 +175,9 @@ class Upkeep:
         while True:
             await asyncio.sleep(interval)
             self.data.save_contacts(self.dht.contacts())
+            dropped = sweep_empty(self.store)  # offers others never filled
+            if dropped:
+                log.info("dropped %d replicas agreed to but never filled", dropped)
             self.store.save()
             await self.dht.refresh(self_lookup=True)
             await self.announce_all()

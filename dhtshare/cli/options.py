@@ -22,8 +22,9 @@ PeerOpt = Annotated[
 ]
 AdvertiseOpt = Annotated[
     str | None,
-    typer.Option("--advertise", help="Address other hosts should use to reach this node "
-                 "(default: as peers see it).", show_default=False),
+    typer.Option("--advertise", help="Address this node names itself by in the records it "
+                 "keeps; other nodes always record it at the address its packets come from.",
+                 show_default=False),
 ]
 MaxStorageOpt = Annotated[
     str,

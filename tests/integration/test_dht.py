@@ -22,15 +22,11 @@ import msgpack
 import pytest
 from kademlia.node import Node
 
+from dhtshare.core import provider_store, tokens
 from dhtshare.core import providers as providers_module
 from dhtshare.core.identity import Identity
 from dhtshare.core.ids import NODE_ID_LEN, dht_key
-from dhtshare.core.providers import (
-    Announcement,
-    ProviderRecord,
-    SignedAnnouncement,
-    Withdrawal,
-)
+from dhtshare.core.providers import Announcement, ProviderRecord, SignedAnnouncement, Withdrawal
 from dhtshare.net.dht.client import PROVIDERS_NS, Dht
 from tests.conftest import LOOPBACK, free_port
 
@@ -271,7 +267,7 @@ async def test_lookups_survive_stopped_nodes(net: Net) -> None:
 
 
 class ProviderClock:
-    """Stands in for the ``time`` module of :mod:`dhtshare.core.providers`.
+    """Stands in for the ``time`` module of the provider record, store and token modules.
 
     Provider records age by this clock only, which stands still until the test
     moves it: however slow the machine, a record lives exactly its ttl.
@@ -290,7 +286,8 @@ class ProviderClock:
 
 async def test_short_ttl_record_expires(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = ProviderClock()
-    monkeypatch.setattr(providers_module, "time", clock)
+    for module in (providers_module, provider_store, tokens):
+        monkeypatch.setattr(module, "time", clock)
     peers = await net.start(N)
     h = os.urandom(32)
     a, asker = peers[3], peers[7]

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from dhtshare.core import provider_store, tokens
 from dhtshare.core import providers as providers_module
 from dhtshare.core.identity import Identity
 from dhtshare.core.ids import dht_key
@@ -31,7 +32,7 @@ TTL = 60.0
 
 
 class ProviderClock:
-    """Stands in for the ``time`` module of :mod:`dhtshare.core.providers`."""
+    """Stands in for the ``time`` module of the provider record, store and token modules."""
 
     def __init__(self) -> None:
         self.now = time.monotonic()
@@ -48,7 +49,8 @@ class ProviderClock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> ProviderClock:
     """Installed before any node exists, so stores and tokens all read it."""
     fake = ProviderClock()
-    monkeypatch.setattr(providers_module, "time", fake)
+    for module in (providers_module, provider_store, tokens):
+        monkeypatch.setattr(module, "time", fake)
     return fake
 
 

@@ -32,14 +32,12 @@ import pytest
 
 from dhtshare.core.identity import Identity
 from dhtshare.core.ids import dht_key
-from dhtshare.core.providers import (
+from dhtshare.core.provider_store import (
     MAX_PER_SOURCE,
     MAX_PER_SOURCE_PER_KEY,
     MAX_PROVIDERS_PER_KEY,
-    MAX_TTL,
-    Announcement,
-    SignedAnnouncement,
 )
+from dhtshare.core.providers import MAX_TTL, Announcement, SignedAnnouncement
 from dhtshare.net.dht.client import PROVIDERS_NS
 from tests.conftest import (
     LOOPBACK,

@@ -11,26 +11,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhtshare.core import providers
+from dhtshare.core import provider_store, providers, tokens
 from dhtshare.core.identity import Identity
 from dhtshare.core.ids import NODE_ID_LEN
+from dhtshare.core.provider_store import OWN, ProviderStore, source_of
 from dhtshare.core.providers import (
     MAX_DHT_BITFIELD,
     MAX_TTL,
-    OWN,
     SKEW_ALLOWANCE,
-    TOKEN_LEN,
     Announcement,
     ProviderRecord,
-    ProviderStore,
     SignedAnnouncement,
     Signer,
-    TokenIssuer,
     Withdrawal,
     is_loopback,
-    source_of,
     stale,
 )
+from dhtshare.core.tokens import TOKEN_LEN, TokenIssuer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,7 +99,7 @@ def check_invariants(s: ProviderStore) -> None:
 
 
 class FakeClock:
-    """Stands in for the ``time`` module inside dhtshare.core.providers."""
+    """Stands in for the ``time`` module of the provider record, store and token modules."""
 
     def __init__(self, now: float = 1000.0, wall: float = WALL) -> None:
         self.now = now
@@ -118,7 +115,8 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(providers, "time", fake)
+    for module in (providers, provider_store, tokens):
+        monkeypatch.setattr(module, "time", fake)
     return fake
 
 

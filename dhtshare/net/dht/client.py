@@ -20,14 +20,8 @@ from collections.abc import Iterable
 
 from dhtshare.core.identity import Identity
 from dhtshare.core.ids import NODE_ID_LEN, dht_key, short
-from dhtshare.core.providers import (
-    OWN,
-    SELF_HOST,
-    Announcement,
-    ProviderRecord,
-    ProviderStore,
-    Signer,
-)
+from dhtshare.core.provider_store import OWN, ProviderStore
+from dhtshare.core.providers import SELF_HOST, Announcement, ProviderRecord, Signer
 from dhtshare.errors import ConfigError, PeerUnreachable
 from dhtshare.net.dht.datagram import Address
 from dhtshare.net.dht.kad import KSIZE, DhtProtocol, Server, new_nonce, signed_pong

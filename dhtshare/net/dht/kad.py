@@ -43,15 +43,9 @@ from kademlia.storage import ForgetfulStorage
 
 from dhtshare.core.identity import PUBLIC_LEN, Identity, node_id_of, verify
 from dhtshare.core.lookup import RttEstimator
-from dhtshare.core.providers import (
-    TOKEN_ROTATE,
-    ProviderRecord,
-    ProviderStore,
-    SignedAnnouncement,
-    TokenIssuer,
-    Withdrawal,
-    is_loopback,
-)
+from dhtshare.core.provider_store import ProviderStore
+from dhtshare.core.providers import ProviderRecord, SignedAnnouncement, Withdrawal, is_loopback
+from dhtshare.core.tokens import TOKEN_ROTATE, TokenIssuer
 from dhtshare.net.dht.datagram import HEADER_LEN, Address, DatagramRpc, Packed, pack
 from dhtshare.net.dht.routing import RoutingTable, is_id
 
