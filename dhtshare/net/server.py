@@ -29,8 +29,9 @@ from dhtshare.core.handshake import LinkSecurity
 from dhtshare.core.manifest import Manifest
 from dhtshare.disk.buffers import POOL
 from dhtshare.disk.chunkfile import ChunkFileClosed
+from dhtshare.disk.entry import Entry
 from dhtshare.disk.intake import admit_replica
-from dhtshare.disk.store import ContentStore, Entry
+from dhtshare.disk.store import ContentStore
 from dhtshare.errors import DhtshareError, StorageError, StorageFull
 from dhtshare.net.transport import Connection, make_hello
 

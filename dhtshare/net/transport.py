@@ -62,7 +62,12 @@ from dhtshare.errors import (
 log = logging.getLogger(__name__)
 
 SOCKET_BUFFER = 4 * 1024 * 1024
-WRITE_HIGH_WATER = 8 * 1024 * 1024
+#: Bytes queued in the transport before writers wait (``drain``).  The kernel's
+#: send buffer (4 MiB asked, 8 MiB granted) keeps the pipe full; a small
+#: queue above it keeps sealed chunks, which pass through it, from piling up
+#: in memory: 1 MiB measured 4.5-4.9 s at 1->4 512 MiB against 5.0-5.4 s for
+#: 8 MiB, with 5 MB less anonymous memory per fetcher.
+WRITE_HIGH_WATER = 1024 * 1024
 #: A peer must finish the link handshake and say HELLO within this many seconds.
 HANDSHAKE_TIMEOUT = 10.0
 #: Bytes we queue for a peer before we decide it does not read (a request

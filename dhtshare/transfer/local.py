@@ -19,7 +19,7 @@ from pathlib import Path
 from dhtshare.core.ids import short
 from dhtshare.core.manifest import Manifest
 from dhtshare.disk.chunkfile import ChunkFile
-from dhtshare.disk.store import Entry
+from dhtshare.disk.entry import Entry
 from dhtshare.errors import DhtshareError, IntegrityError, StorageError
 from dhtshare.transfer.services import FetchServices
 from dhtshare.transfer.tasks import in_thread

@@ -34,7 +34,8 @@ from dhtshare.core.bitfield import indices_from_bitfield
 from dhtshare.core.ids import dht_key, short
 from dhtshare.core.manifest import Manifest
 from dhtshare.core.providers import ProviderRecord
-from dhtshare.disk.store import ContentStore, Entry
+from dhtshare.disk.entry import Entry
+from dhtshare.disk.store import ContentStore
 from dhtshare.errors import DhtshareError, PeerError, RemoteProtocolError
 from dhtshare.net.peers import PeerPool
 from dhtshare.net.transport import Connection, Reply

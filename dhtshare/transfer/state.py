@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from dhtshare.core.manifest import Manifest
 from dhtshare.core.picker import Picker
 from dhtshare.disk.chunkfile import ChunkFile
-from dhtshare.disk.store import Entry
+from dhtshare.disk.entry import Entry
 from dhtshare.errors import DhtshareError
 from dhtshare.net.transport import Connection
 from dhtshare.transfer.manifest_source import PeerBook

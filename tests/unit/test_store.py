@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from dhtshare.disk import entry as entry_module
+from dhtshare.disk.entry import Entry
 from dhtshare.disk.hashing import hash_file
-from dhtshare.disk.store import ContentStore, Entry
+from dhtshare.disk.store import ContentStore
 from dhtshare.errors import StorageError
 
 pytestmark = pytest.mark.timeout(30)
@@ -85,3 +87,23 @@ def test_reads_racing_a_close_never_see_another_file(tmp_path: Path) -> None:
             os.close(fd)
         store.close()
         assert wrong == []
+
+
+def test_idle_files_give_their_descriptors_back_beyond_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serving many files keeps only a few open; a file in use is never closed under a read."""
+    monkeypatch.setattr(entry_module, "MAX_OPEN_READERS", 3)
+    held = [held_file(tmp_path / f"f{i}", chunks=2) for i in range(10)]
+    before = len(os.listdir("/proc/self/fd"))
+    busy = held[0][1]
+    with busy.reading():
+        fd = busy.fd()
+        for _store, entry, data in held[1:]:
+            assert entry.read_chunk(1) == data[CHUNK:]
+        assert os.pread(fd, CHUNK, 0) == held[0][2][:CHUNK]  # still open: a read holds it
+    assert len(os.listdir("/proc/self/fd")) - before <= 3
+    for _store, entry, data in held:  # closed ones reopen on demand
+        assert entry.read_chunk(0) == data[:CHUNK]
+    for store, _entry, _data in held:
+        store.close()
