@@ -44,6 +44,18 @@ def events(session: Session) -> list[Event]:
     return out
 
 
+def receiver(waiting: Iterable[int] = (), codec: RecordCodec | None = None,
+             max_incoming: int = MAX_INCOMING_REQUESTS) -> Session:
+    """A session past the handshake, waiting for answers to ``waiting`` (GET_MANIFESTs)."""
+    session = Session(HELLO_B, True, max_incoming, codec)
+    session.start()
+    session.receive_data(frame(HELLO_A))
+    assert events(session) == [HandshakeDone(HELLO_A)]
+    for rid in waiting:
+        session.start_request(m.GetManifest(rid, H))
+    return session
+
+
 def opened(hello: m.Hello = HELLO_B, peer: m.Hello = HELLO_A, serves: bool = True,
            max_incoming: int = MAX_INCOMING_REQUESTS) -> Session:
     """A session whose handshake is done, its peer played by raw frames."""

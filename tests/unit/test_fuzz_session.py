@@ -29,7 +29,6 @@ from dhtshare.core import session as session_module
 from dhtshare.core.framing import PREFIX, encode_frame
 from dhtshare.core.session import (
     Event,
-    HandshakeDone,
     PeerLeaving,
     PlainCodec,
     Response,
@@ -38,6 +37,7 @@ from dhtshare.core.session import (
 )
 from dhtshare.errors import FrameTooLarge, RemoteProtocolError
 from tests.unit.session_pair import HELLO_A, HELLO_B, H, events, frame
+from tests.unit.session_pair import receiver as _receiver
 from tests.unit.test_messages import MESSAGE_STRATEGIES
 
 FUZZ = settings(max_examples=100, deadline=None, database=None, derandomize=True)
@@ -63,15 +63,9 @@ class Alloc:
 
 def receiver(waiting: tuple[int, ...] = (), alloc: Alloc | None = None,
              max_incoming: int = session_module.MAX_INCOMING_REQUESTS) -> Session:
-    """A session past the handshake, waiting for answers to ``waiting`` (GET_MANIFESTs)."""
+    """:func:`tests.unit.session_pair.receiver`, its large bodies from ``alloc``."""
     codec = PlainCodec(alloc=alloc) if alloc is not None else None
-    session = Session(HELLO_B, True, max_incoming, codec=codec)
-    session.start()
-    session.receive_data(frame(HELLO_A))
-    assert events(session) == [HandshakeDone(HELLO_A)]
-    for rid in waiting:
-        session.start_request(m.GetManifest(rid, H))
-    return session
+    return _receiver(waiting, codec, max_incoming)
 
 
 # --- streams --------------------------------------------------------------------------------------

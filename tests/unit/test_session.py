@@ -51,6 +51,7 @@ from tests.unit.session_pair import (
     frame,
     joined,
     opened,
+    receiver,
 )
 from tests.unit.test_messages import MESSAGE_STRATEGIES
 
@@ -569,17 +570,6 @@ def peer_streams(draw: st.DrawFn) -> tuple[list[int], bytes]:
     if draw(st.booleans()):
         wire += sender.send(m.Bye("bye"))
     return waiting, joined(wire)
-
-
-def receiver(waiting: list[int]) -> Session:
-    """A session past the handshake, waiting for answers to ``waiting``."""
-    session = Session(HELLO_B, True)
-    session.start()
-    session.receive_data(frame(HELLO_A))
-    assert events(session) == [HandshakeDone(HELLO_A)]
-    for rid in waiting:
-        session.start_request(m.GetManifest(rid, H))
-    return session
 
 
 def read_all(session: Session, chunks: list[bytes]) -> list[Event]:
