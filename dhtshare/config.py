@@ -80,6 +80,10 @@ class Config:
     repair_interval: float = 300.0
     #: Longest a stopping node spends handing off chunks before it exits.
     handoff_timeout: float = 30.0
+    #: Bytes per second this node sends / receives over all its links (0: no limit);
+    #: changed at run time with ``dhtshare limit``.
+    max_upload_rate: int = 0
+    max_download_rate: int = 0
     #: Benchmarks only: peer links in plaintext, unauthenticated (both ends must
     #: agree).  Set by ``DHTSHARE_BENCH_PLAINTEXT_LINKS=1``; there is no flag.
     plaintext_links: bool = False

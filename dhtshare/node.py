@@ -35,6 +35,7 @@ from dhtshare.net.control import ControlServer
 from dhtshare.net.ctlclient import socket_path
 from dhtshare.net.dht.client import Dht
 from dhtshare.net.peers import PeerPool
+from dhtshare.net.ratelimit import Limiter
 from dhtshare.net.server import ChunkServer
 from dhtshare.net.transport import Connection, make_hello
 from dhtshare.ops import Operations
@@ -91,7 +92,8 @@ class Node:
             store = ContentStore(config.data_dir, config.max_storage)
             undo.callback(store.close)
             store.load()
-            server = ChunkServer(store)
+            limiter = Limiter(config.max_upload_rate, config.max_download_rate)
+            server = ChunkServer(store, limiter=limiter)
             undo.callback(server.close)
             dht = Dht(data.identity, timeout=config.dht_timeout, dead_ttl=config.dead_peer_ttl)
             undo.callback(dht.stop)
@@ -101,7 +103,7 @@ class Node:
                 log.warning("peer links are PLAINTEXT and unauthenticated (benchmarking only)")
             port = await _bind(config, server, dht, data.node_id, closed, link)
             pool = PeerPool(make_hello(data.node_id, port), server, config.connect_timeout,
-                            closed, link)
+                            closed, link, limiter)
             undo.callback(pool.close_all)
             node = cls(config, data, store, server, dht, pool, port)
             await node.control.start()

@@ -132,6 +132,35 @@ class PinArgs:
 
 
 @dataclass(frozen=True)
+class LimitArgs:
+    """New bandwidth limits in bytes per second (``None``: leave as is; 0: no limit)."""
+
+    upload: int | None = None
+    download: int | None = None
+
+    @classmethod
+    def from_wire(cls, a: Json) -> LimitArgs:
+        def rate(key: str) -> int | None:
+            v = a.get(key)
+            if v is None:
+                return None
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1 << 50:
+                raise ConfigError(f"a {key} limit is a number of bytes per second, not {shown(v)}")
+            return v
+
+        return cls(rate("upload"), rate("download"))
+
+
+@dataclass(frozen=True)
+class LimitResult:
+    upload: int
+    download: int
+
+    def to_json(self) -> Json:
+        return {"upload": self.upload, "download": self.download}
+
+
+@dataclass(frozen=True)
 class PublishResult:
     hash: str
     name: str
@@ -251,6 +280,7 @@ class Operations:
             "pin": _served(PinArgs.from_wire, self.pin),
             "unpin": _served(HashArgs.from_wire, self.unpin),
             "remove": _served(HashArgs.from_wire, self.remove),
+            "limit": _served(LimitArgs.from_wire, self.limit),
         }
 
     # -- sharing ---------------------------------------------------------------------------
@@ -424,6 +454,14 @@ class Operations:
         node.store.drop(h)
         await node.upkeep.withdraw(h)
         return UnpinResult(h.hex(), False, len(placement.placed))
+
+    async def limit(self, args: LimitArgs, emit: Emit | None = None) -> LimitResult:
+        """Change the node's bandwidth limits (for every link, at once); answer those in force."""
+        limiter = self.node.server.limiter
+        if limiter is None:
+            raise ConfigError("this node was started without bandwidth limiting")
+        limiter.set(args.upload, args.download)
+        return LimitResult(int(limiter.upload.rate), int(limiter.download.rate))
 
     async def remove(self, args: HashArgs, emit: Emit) -> RemoveResult | UnpinResult:
         """Stop sharing a file (a replica is handed off first; a user's file is kept)."""

@@ -40,6 +40,7 @@ for command in (
     cmd_share.remove,
     cmd_share.holders,
     cmd_node.status,
+    cmd_node.limit,
     cmd_demo.demo,
 ):
     app.command()(command)

@@ -1,10 +1,13 @@
-"""Commands that run or ask about a node: ``bootstrap``, ``node``, ``status``."""
+"""Commands that run or ask about a node: ``bootstrap``, ``node``, ``status``, ``limit``."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+
+import typer
 
 from dhtshare.cli.common import (
     build_config,
@@ -21,11 +24,13 @@ from dhtshare.cli.common import (
 from dhtshare.cli.options import (
     AdvertiseOpt,
     DataDirOpt,
+    DownloadRateOpt,
     HostOpt,
     JsonOpt,
     MaxStorageOpt,
     PeerOpt,
     PortOpt,
+    UploadRateOpt,
     VerboseOpt,
 )
 from dhtshare.cli.render import STATUS_TIMEOUT, show_status
@@ -45,7 +50,8 @@ def _ready_line(node: Node) -> None:
 
 
 def _serve(data_dir: Path | None, host: str, port: int, peers: tuple[tuple[str, int], ...],
-           advertise: str | None, verbose: int, max_storage: str) -> None:
+           advertise: str | None, verbose: int, max_storage: str,
+           upload_rate: str = "0", download_rate: str = "0") -> None:
     from dataclasses import replace
 
     from dhtshare.core.netaddr import parse_size
@@ -53,7 +59,7 @@ def _serve(data_dir: Path | None, host: str, port: int, peers: tuple[tuple[str, 
     setup_logging(verbose, logging.INFO)
     try:
         config = build_config(resolve_data_dir(data_dir), host, port, peers, advertise,
-                              LONG_RUNNING_JOIN)
+                              LONG_RUNNING_JOIN, upload_rate, download_rate)
         config = replace(config, max_storage=parse_size(max_storage))
     except DhtshareError as err:
         fail(str(err), err.exit_code)
@@ -79,13 +85,16 @@ def bootstrap(
     data_dir: DataDirOpt = None,
     advertise: AdvertiseOpt = None,
     max_storage: MaxStorageOpt = "0",
+    max_upload_rate: UploadRateOpt = "0",
+    max_download_rate: DownloadRateOpt = "0",
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run the first node of a new network, in the foreground (Ctrl-C stops it).
 
     Other nodes join with 'dhtshare node --peer THIS_HOST:PORT'.
     """
-    _serve(data_dir, host, port, (), advertise, verbose, max_storage)
+    _serve(data_dir, host, port, (), advertise, verbose, max_storage, max_upload_rate,
+           max_download_rate)
 
 
 def node(
@@ -95,6 +104,8 @@ def node(
     data_dir: DataDirOpt = None,
     advertise: AdvertiseOpt = None,
     max_storage: MaxStorageOpt = "0",
+    max_upload_rate: UploadRateOpt = "0",
+    max_download_rate: DownloadRateOpt = "0",
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run a long-lived node that joins the network through --peer, in the foreground.
@@ -106,7 +117,45 @@ def node(
         peers = peers_from(peer)
     except DhtshareError as err:
         fail(str(err), err.exit_code)
-    _serve(data_dir, host, port, peers, advertise, verbose, max_storage)
+    _serve(data_dir, host, port, peers, advertise, verbose, max_storage, max_upload_rate,
+           max_download_rate)
+
+
+def limit(
+    upload: Annotated[str | None, typer.Option(
+        "--upload", help="New upload limit, bytes per second (K/M/G suffix; 0: none).")] = None,
+    download: Annotated[str | None, typer.Option(
+        "--download", help="New download limit, bytes per second (0: none).")] = None,
+    data_dir: DataDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show or change the running node's bandwidth limits, at once and for all its links.
+
+    Example: 'dhtshare limit --upload 5M' caps what the node sends at 5 MB/s;
+    with no option it prints the limits in force.  They last until the node
+    stops (start it with --max-upload-rate/--max-download-rate to keep them).
+    """
+    from dhtshare.cli.common import parse_rate
+
+    setup_logging(0)
+    args: dict[str, int] = {}
+    try:
+        if upload is not None:
+            args["upload"] = parse_rate(upload, "--upload")
+        if download is not None:
+            args["download"] = parse_rate(download, "--download")
+    except DhtshareError as err:
+        fail(str(err), err.exit_code)
+    result = node_op(data_dir, "limit", args, "")
+    if json_out:
+        print(json.dumps(result))
+        return
+
+    def shown(rate: int) -> str:
+        return "no limit" if not rate else f"{rate / 1e6:g} MB/s ({rate} bytes/s)"
+
+    print(f"upload:   {shown(result['upload'])}")
+    print(f"download: {shown(result['download'])}")
 
 
 def status(

@@ -29,7 +29,17 @@ from dhtshare.cli.common import (
     via_control,
     wait_for_signal,
 )
-from dhtshare.cli.options import DataDirOpt, HashArg, HostOpt, JsonOpt, PeerOpt, PortOpt, VerboseOpt
+from dhtshare.cli.options import (
+    DataDirOpt,
+    DownloadRateOpt,
+    HashArg,
+    HostOpt,
+    JsonOpt,
+    PeerOpt,
+    PortOpt,
+    UploadRateOpt,
+    VerboseOpt,
+)
 from dhtshare.cli.render import Progress, show_fetch, show_publish
 from dhtshare.config import DEFAULT_CHUNK_SIZE, DEFAULT_REPLICAS, GIB, KIB, MIB
 from dhtshare.errors import ConfigError, DhtshareError, NodeNotRunning
@@ -100,6 +110,8 @@ def publish(
         "are placed.", show_default=False)] = None,
     host: HostOpt = "",
     port: PortOpt = 0,
+    max_upload_rate: UploadRateOpt = "0",
+    max_download_rate: DownloadRateOpt = "0",
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
@@ -148,7 +160,8 @@ def publish(
                 f"no dhtshare node is running on data dir {ddir}: start one with "
                 "'dhtshare node --peer HOST:PORT', or pass --peer to publish and serve from here"
             )
-        config = build_config(ddir, host or _short_lived_host(peers), port, peers)
+        config = build_config(ddir, host or _short_lived_host(peers), port, peers,
+                              upload_rate=max_upload_rate, download_rate=max_download_rate)
 
         async def one_shot() -> None:
             stop = stop_on_signals()
@@ -184,6 +197,8 @@ def fetch(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     host: HostOpt = "",
     port: PortOpt = 0,
+    max_upload_rate: UploadRateOpt = "0",
+    max_download_rate: DownloadRateOpt = "0",
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
@@ -218,7 +233,8 @@ def fetch(
                         f"no dhtshare node is running on data dir {ddir} and no --peer given: "
                         "start a node, or pass --peer HOST:PORT"
                     )
-                config = build_config(ddir, host or _short_lived_host(peers), port, peers)
+                config = build_config(ddir, host or _short_lived_host(peers), port, peers,
+                              upload_rate=max_upload_rate, download_rate=max_download_rate)
 
                 from dhtshare.ops import FetchArgs
 

@@ -91,7 +91,8 @@ def peers_from(values: list[str] | None) -> tuple[tuple[str, int], ...]:
 
 
 def build_config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, int], ...],
-                 advertise: str | None = None, join_timeout: float = 0.0) -> Config:
+                 advertise: str | None = None, join_timeout: float = 0.0,
+                 upload_rate: str = "0", download_rate: str = "0") -> Config:
     """The node's :class:`~dhtshare.config.Config` from flags and the environment.
 
     Timings have no flags: the ``DHTSHARE_*`` variables set them (the tests,
@@ -120,8 +121,20 @@ def build_config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, i
         raise ConfigError("DHTSHARE_BENCH_PLAINTEXT_LINKS must be 0 or 1")
     if plain == "1":
         kw["plaintext_links"] = True
+    kw["max_upload_rate"] = parse_rate(upload_rate, "--max-upload-rate")
+    kw["max_download_rate"] = parse_rate(download_rate, "--max-download-rate")
     return Config(data_dir=data_dir, host=host, port=port, advertise=advertise, peers=peers,
                   join_timeout=join_timeout, **kw)
+
+
+def parse_rate(text: str, flag: str) -> int:
+    """A rate flag's bytes per second (``10M``, ``500K``, ``0``), or a ConfigError naming it."""
+    from dhtshare.core.netaddr import parse_size
+
+    try:
+        return parse_size(text)
+    except ConfigError as err:
+        raise ConfigError(f"{flag}: {err}") from err
 
 
 def stop_on_signals() -> asyncio.Event:

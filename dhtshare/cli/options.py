@@ -31,6 +31,17 @@ MaxStorageOpt = Annotated[
     typer.Option("--max-storage", help="Most replica data this node keeps for the network "
                  "(bytes or K/M/G suffix; 0: no limit but the disk). A full node declines."),
 ]
+UploadRateOpt = Annotated[
+    str,
+    typer.Option("--max-upload-rate", help="Most bytes per second this node sends to peers, "
+                 "all links together (K/M/G suffix; 0: no limit). Change it later with "
+                 "'dhtshare limit'."),
+]
+DownloadRateOpt = Annotated[
+    str,
+    typer.Option("--max-download-rate", help="Most bytes per second this node receives from "
+                 "peers, all links together (K/M/G suffix; 0: no limit)."),
+]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the result.")]
 HashArg = Annotated[str, typer.Argument(metavar="HASH", help="Manifest hash.")]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dhtshare.core import messages as m
 from dhtshare.core.handshake import LinkSecurity
 from dhtshare.errors import PeerError
+from dhtshare.net.ratelimit import Limiter
 from dhtshare.net.transport import Connection, Handler, connect
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,11 @@ class PeerPool:
         timeout: float,
         on_close: Callable[[Connection], None] | None = None,
         link: LinkSecurity | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self._hello = hello
         self._link = link
+        self._limiter = limiter
         self._handler = handler
         self._timeout = timeout
         self._on_close = on_close
@@ -62,7 +65,8 @@ class PeerPool:
 
     async def _connect(self, addr: Address, node_id: bytes | None) -> Connection:
         conn = await connect(addr[0], addr[1], self._hello, self._handler, self._timeout,
-                             self._forget, link=self._link, expect=node_id)
+                             self._forget, link=self._link, expect=node_id,
+                             limiter=self._limiter)
         self._conns[addr] = conn
         return conn
 

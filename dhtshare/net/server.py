@@ -33,6 +33,7 @@ from dhtshare.disk.entry import Entry
 from dhtshare.disk.intake import admit_replica
 from dhtshare.disk.store import ContentStore
 from dhtshare.errors import DhtshareError, StorageError, StorageFull
+from dhtshare.net.ratelimit import Limiter
 from dhtshare.net.transport import Connection, make_hello
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,11 @@ class ChunkServer:
 
     def __init__(self, store: ContentStore, announce: Announce | None = None,
                  max_inbound: int | None = None,
-                 max_per_address: int = MAX_INBOUND_PER_ADDRESS) -> None:
+                 max_per_address: int = MAX_INBOUND_PER_ADDRESS,
+                 limiter: Limiter | None = None) -> None:
         self.store = store
+        #: The node's bandwidth limits, shared by every link (inbound and outbound).
+        self.limiter = limiter
         self.max_inbound = inbound_limit() if max_inbound is None else max_inbound
         self.max_per_address = max_per_address
         #: Called once a pushed replica is held, so the node announces it.
@@ -121,7 +125,7 @@ class ChunkServer:
         def accept() -> Connection:
             assert hello is not None  # set below, before the loop can call us
             conn = Connection(hello, self, closed, link=link, initiator=False,
-                              admit=self._admit)
+                              admit=self._admit, limiter=self.limiter)
             self._inbound.add(conn)
             return conn
 

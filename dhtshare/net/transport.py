@@ -58,6 +58,7 @@ from dhtshare.errors import (
     PeerUnreachable,
     RemoteProtocolError,
 )
+from dhtshare.net.ratelimit import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ HANDSHAKE_TIMEOUT = 10.0
 OUTGOING_CAP = 64 * 1024 * 1024
 #: How long a writer waits for a peer that stopped reading before dropping it.
 WRITE_STALL_TIMEOUT = 60.0
+#: Most bytes read at once while a download limit is set.
+LIMITED_READ = 64 * 1024
 #: A link with nothing in flight either way for this long is closed (it is
 #: reopened on demand); it frees the descriptor and buffers of peers gone quiet.
 IDLE_TIMEOUT = 300.0
@@ -109,6 +112,7 @@ class Connection(asyncio.BufferedProtocol):
         expect: bytes | None = None,
         admit: Callable[[Connection], str | None] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        limiter: Limiter | None = None,
     ) -> None:
         codec: RecordCodec
         if link is None:  # the benchmarking switch: plaintext, unauthenticated
@@ -123,6 +127,10 @@ class Connection(asyncio.BufferedProtocol):
         self._admit = admit
         self._idle_timeout = idle_timeout
         self._idle: asyncio.TimerHandle | None = None
+        #: The node's bandwidth limits (shared by all its links), if any.
+        self.limiter = limiter
+        self._throttled: asyncio.TimerHandle | None = None
+        self.bytes_sent = 0
         self._active = True  # bytes moved since the idle timer last looked
         self.transport: asyncio.Transport | None = None
         self.peername: tuple[str, int] = ("?", 0)
@@ -192,6 +200,17 @@ class Connection(asyncio.BufferedProtocol):
         if self.peer_hello is None:
             self.abort("no HELLO in time")
 
+    def _resume_reading(self) -> None:
+        self._throttled = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        assert self.limiter is not None
+        pause = self.limiter.download_delay()
+        if pause > 0:  # other links took the tokens meanwhile
+            self._throttled = self._loop.call_later(pause, self._resume_reading)
+        else:
+            self.transport.resume_reading()
+
     def _idle_check(self) -> None:
         """Close a link that moved nothing and waits for nothing for a whole period."""
         busy = (self._active or self._pending or self.session.incoming or self.have_listeners
@@ -204,11 +223,22 @@ class Connection(asyncio.BufferedProtocol):
             self.close()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.session.get_buffer(sizehint)
+        buf = self.session.get_buffer(sizehint)
+        if self.limiter is not None and self.limiter.download_limited:
+            # Small reads under a download limit: links that resume together
+            # then take a little each, not a socket buffer's worth each.
+            return buf[:LIMITED_READ]
+        return buf
 
     def buffer_updated(self, nbytes: int) -> None:
         self.bytes_received += nbytes
         self._active = True
+        if self.limiter is not None:
+            pause = self.limiter.received(nbytes)
+            if pause > 0 and self._throttled is None and self.transport is not None:
+                # Over the download rate: stop reading; TCP slows the sender.
+                self.transport.pause_reading()
+                self._throttled = self._loop.call_later(pause, self._resume_reading)
         session = self.session
         session.buffer_updated(nbytes)
         out = session.data_to_send()
@@ -234,6 +264,8 @@ class Connection(asyncio.BufferedProtocol):
             self._deadline.cancel()
         if self._idle is not None:
             self._idle.cancel()
+        if self._throttled is not None:
+            self._throttled.cancel()
         error = PeerError(f"peer {self.label}: {reason}")
         if not self._handshake.done():
             self._handshake.set_exception(error)
@@ -339,8 +371,11 @@ class Connection(asyncio.BufferedProtocol):
             return
         transport = self.transport
         if transport is not None:
+            n = 0
             for piece in wire:
                 transport.write(piece)
+                n += len(piece)
+            self._sent(n)
             if transport.get_write_buffer_size() > OUTGOING_CAP:
                 self.abort(f"peer does not read: over {OUTGOING_CAP >> 20} MiB queued for it")
 
@@ -356,6 +391,10 @@ class Connection(asyncio.BufferedProtocol):
             return
         if self._held is not None:
             raise LocalProtocolError("send_file while another send_file is running")
+        if self.limiter is not None:
+            await self.limiter.upload_turn(count)  # the body's bytes are taken here
+            if self.transport is None or self.transport.is_closing():
+                return
         if not self.session.codec.raw_bodies:
             await self._send_sealed_file(msg, file, offset, count)
             return
@@ -363,6 +402,7 @@ class Connection(asyncio.BufferedProtocol):
         self._held = []
         try:
             sent = await self._loop.sendfile(self.transport, file, offset, count)
+            self._sent(sent, charged=sent)  # taken in send_file
         except (OSError, RuntimeError) as err:
             self.abort(f"sending a file failed: {err}")
             return
@@ -371,6 +411,7 @@ class Connection(asyncio.BufferedProtocol):
             if self.transport is not None and not self.transport.is_closing():
                 for data in held:
                     self.transport.write(data)
+                    self._sent(len(data))
         if sent != count:
             # The frame promised ``count`` bytes: the stream cannot be repaired.
             self.abort(f"file ended after {sent} of {count} bytes")
@@ -396,15 +437,25 @@ class Connection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(sealed.wire)
+            self._sent(len(sealed.wire), charged=len(sealed.wire))  # taken in send_file
             for data in held:
                 transport.write(data)
+                self._sent(len(data))
+
+    def _sent(self, nbytes: int, charged: int = 0) -> None:
+        """Count bytes handed to the transport; the limiter takes those not taken before."""
+        self.bytes_sent += nbytes
+        if self.limiter is not None and nbytes > charged:
+            self.limiter.sent(nbytes - charged)
 
     async def drain(self) -> None:
-        """Wait until the kernel has taken most of what we queued.
+        """Wait until the kernel has taken most of what we queued, and for the upload rate.
 
         A peer that takes nothing for :data:`WRITE_STALL_TIMEOUT` seconds is
         dropped (its requests fail), so no writer waits on it forever.
         """
+        if self.limiter is not None:
+            await self.limiter.upload_turn()
         if self._can_write.is_set():
             return
         try:
@@ -503,6 +554,7 @@ async def connect(
     *,
     link: LinkSecurity | None,
     expect: bytes | None = None,
+    limiter: Limiter | None = None,
 ) -> Connection:
     """Open a connection and complete the handshake, or raise :class:`PeerError`.
 
@@ -514,7 +566,7 @@ async def connect(
         async with asyncio.timeout(timeout):
             _, conn = await loop.create_connection(
                 lambda: Connection(hello, handler, on_close, link=link, initiator=True,
-                                   expect=expect),
+                                   expect=expect, limiter=limiter),
                 host, port,
             )
     except TimeoutError as err:
