@@ -84,6 +84,9 @@ class Config:
     #: changed at run time with ``dhtshare limit``.
     max_upload_rate: int = 0
     max_download_rate: int = 0
+    #: Port of the Prometheus metrics endpoint (``/metrics``; 0: off), and its address.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     #: Benchmarks only: peer links in plaintext, unauthenticated (both ends must
     #: agree).  Set by ``DHTSHARE_BENCH_PLAINTEXT_LINKS=1``; there is no flag.
     plaintext_links: bool = False

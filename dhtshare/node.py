@@ -21,13 +21,14 @@ import resource
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dhtshare.config import Config
 from dhtshare.core.handshake import LinkSecurity
 from dhtshare.core.ids import short
 from dhtshare.core.manifest import Manifest
 from dhtshare.core.providers import ProviderRecord
+from dhtshare.core.stats import Stats
 from dhtshare.disk.datadir import DataDir
 from dhtshare.disk.store import ContentStore
 from dhtshare.errors import ConfigError
@@ -41,6 +42,9 @@ from dhtshare.net.transport import Connection, make_hello
 from dhtshare.ops import Operations
 from dhtshare.transfer.replication import Replicator
 from dhtshare.upkeep import Upkeep
+
+if TYPE_CHECKING:
+    from dhtshare.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,9 @@ class Node:
         self.server = server
         self.dht = dht
         self.pool = pool
+        #: The node's own counters (the DHT's lookups among them), for ``/metrics``.
+        self.stats = dht.stats
+        self.metrics: MetricsServer | None = None
         self.port = port
         self.started_at = time.monotonic()
         self.stopped = asyncio.Event()
@@ -72,7 +79,8 @@ class Node:
         self.active_parts: dict[Path, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.replicator = Replicator(self)
-        self.upkeep = Upkeep(config, data, store, dht, self.replicator, port, self.spawn)
+        self.upkeep = Upkeep(config, data, store, dht, self.replicator, port, self.spawn,
+                             self.stats)
         self.ops = Operations(self)
         self.control = ControlServer(socket_path(config.data_dir), self.ops.handlers())
         server.announce = self.upkeep.announce
@@ -95,7 +103,8 @@ class Node:
             limiter = Limiter(config.max_upload_rate, config.max_download_rate)
             server = ChunkServer(store, limiter=limiter)
             undo.callback(server.close)
-            dht = Dht(data.identity, timeout=config.dht_timeout, dead_ttl=config.dead_peer_ttl)
+            dht = Dht(data.identity, timeout=config.dht_timeout, dead_ttl=config.dead_peer_ttl,
+                      stats=Stats())
             undo.callback(dht.stop)
             closed = _forget_leaving(dht)
             link = None if config.plaintext_links else LinkSecurity(data.identity)
@@ -106,6 +115,9 @@ class Node:
                             closed, link, limiter)
             undo.callback(pool.close_all)
             node = cls(config, data, store, server, dht, pool, port)
+            if config.metrics_port:
+                node.metrics = await _serve_metrics(node)
+                undo.callback(node.metrics.close)
             await node.control.start()
             undo.pop_all()
         data.write_info(config.host, port)
@@ -129,6 +141,8 @@ class Node:
             return
         self.stopped.set()
         await self.control.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -177,6 +191,8 @@ class Node:
 
     def chunk_verified(self, manifest: Manifest, index: int, first: bool) -> None:
         """Tell subscribed peers at once; announce ourselves as a provider on the first."""
+        self.stats.chunks_fetched += 1
+        self.stats.chunk_bytes_fetched += manifest.chunk_length(index)
         self.server.announce_chunk(manifest.hash, index)
         if first:
             self.spawn(self.upkeep.announce(manifest.hash))
@@ -194,10 +210,20 @@ def _raise_descriptor_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+async def _serve_metrics(node: Node) -> MetricsServer:
+    """Serve ``/metrics`` (prometheus-client is imported only when asked for)."""
+    from dhtshare.metrics import MetricsServer
+
+    server = MetricsServer(node)
+    await server.start(node.config.metrics_host, node.config.metrics_port)
+    return server
+
+
 def _forget_leaving(dht: Dht) -> Callable[[Connection], None]:
     """A peer link closed: if the peer said it was leaving, forget its DHT contact too."""
 
     def closed(conn: Connection) -> None:
+        dht.stats.link_closed(conn.initiator, conn.bytes_sent, conn.bytes_received)
         hello = conn.peer_hello
         if conn.farewell is not None and hello is not None:
             dht.forget_peer(hello.node_id, (conn.peername[0], hello.listen_port))

@@ -10,6 +10,7 @@ these same methods, so an operation behaves the same however it is reached.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 import time
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from dhtshare.config import DEFAULT_REPLICAS
-from dhtshare.core.ids import ManifestHash, parse_manifest_hash
+from dhtshare.core.identity import fingerprint
+from dhtshare.core.ids import ManifestHash, parse_manifest_hash, short
 from dhtshare.core.manifest import check_chunk_size
 from dhtshare.disk.datadir import DataDir
 from dhtshare.disk.hashing import hash_file
@@ -54,6 +56,8 @@ class NodeParts(FetchServices, Protocol):
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
 
+
+log = logging.getLogger(__name__)
 
 #: ``status`` counts the contacts heard from within this many seconds.
 RECENT_CONTACT = 600.0
@@ -202,6 +206,26 @@ class StatusResult:
 
 
 @dataclass(frozen=True)
+class PeersResult:
+    """The links open now, each way."""
+
+    peers: list[Json]
+
+    def to_json(self) -> Json:
+        return {"peers": self.peers}
+
+
+@dataclass(frozen=True)
+class ListResult:
+    """What this node holds, one entry per file."""
+
+    files: list[Json]
+
+    def to_json(self) -> Json:
+        return {"files": self.files}
+
+
+@dataclass(frozen=True)
 class HoldersResult:
     hash: str
     name: str
@@ -272,6 +296,12 @@ class Operations:
         async def status(a: Json, emit: Emit) -> Json:
             return self.status().to_json()
 
+        async def peers(a: Json, emit: Emit) -> Json:
+            return self.peers().to_json()
+
+        async def ls(a: Json, emit: Emit) -> Json:
+            return self.ls().to_json()
+
         return {
             "publish": _served(PublishArgs.from_wire, self.publish),
             "fetch": _served(FetchArgs.from_wire, self.fetch),
@@ -281,6 +311,8 @@ class Operations:
             "unpin": _served(HashArgs.from_wire, self.unpin),
             "remove": _served(HashArgs.from_wire, self.remove),
             "limit": _served(LimitArgs.from_wire, self.limit),
+            "peers": peers,
+            "ls": ls,
         }
 
     # -- sharing ---------------------------------------------------------------------------
@@ -336,6 +368,10 @@ class Operations:
             n = manifest.chunk_count
             reached = (min(placement.placed.get(i, 0) for i in range(n)) if n
                        else len(placement.targets))
+        log.info("published %s (%s, %d bytes, %d chunks) in %.2f s", short(manifest.hash),
+                 manifest.name, manifest.size, manifest.chunk_count, time.perf_counter() - t0,
+                 extra={"event": "publish_finished", "manifest": manifest.hash.hex(),
+                        "bytes": manifest.size, "seconds": round(time.perf_counter() - t0, 4)})
         return PublishResult(
             manifest.hash.hex(), manifest.name, str(path), manifest.size, manifest.chunk_size,
             manifest.chunk_count, stores, {"requested": args.replicas, "reached": reached},
@@ -350,8 +386,14 @@ class Operations:
                 emit("progress", {"done": done, "total": total})
 
         node = self.node
+        log.info("fetching %s", short(args.hash),
+                 extra={"event": "fetch_started", "manifest": args.hash.hex()})
         await node.upkeep.wait_joined(emit)
         result = await Fetch(node, args.hash, args.output, args.cwd, args.force, progress).run()
+        log.info("fetched %s (%s, %d bytes) from %d peers in %.2f s", short(args.hash),
+                 result.manifest.name, result.manifest.size, len(result.peers), result.elapsed,
+                 extra={"event": "fetch_finished", "manifest": args.hash.hex(),
+                        "bytes": result.manifest.size, "seconds": round(result.elapsed, 4)})
         node.spawn(node.upkeep.announce(args.hash))
         return result
 
@@ -386,6 +428,45 @@ class Operations:
             bytes_served=node.server.bytes_served,
             bytes_stored=node.server.bytes_stored,
         )
+
+    def peers(self) -> PeersResult:
+        """Every open link: who, which way, bytes and rate each way, requests in flight."""
+        node, now = self.node, time.monotonic()
+        inbound = set(node.server.inbound_links())
+        links = [*((c, "inbound") for c in inbound),
+                 *((c, "outbound") for c in node.pool.connections() if c not in inbound)]
+        out = []
+        for conn, direction in links:
+            hello, age = conn.peer_hello, max(now - conn.opened_at, 1e-3)
+            key = conn.peer_key
+            out.append({
+                "address": conn.label, "direction": direction,
+                "node_id": hello.node_id.hex() if hello is not None else None,
+                "listen_port": hello.listen_port if hello is not None else None,
+                "fingerprint": fingerprint(key) if key is not None else None,
+                "encrypted": key is not None,
+                "bytes_sent": conn.bytes_sent, "bytes_received": conn.bytes_received,
+                "send_rate": round(conn.bytes_sent / age), "receive_rate":
+                    round(conn.bytes_received / age),
+                "requests_in_flight": len(conn.session.outstanding),
+                "serving": conn.session.incoming, "age": round(age, 1)})
+        return PeersResult(out)
+
+    def ls(self) -> ListResult:
+        """What this node holds: published, fetched, pinned, replicas held for others."""
+        files = []
+        for h, e in self.node.store.entries.items():
+            if e.durable:
+                kind = "replica" if e.origin else "pinned"
+            else:
+                kind = e.kind if e.complete else "downloading"
+            files.append({
+                "hash": h.hex(), "name": e.manifest.name, "size": e.manifest.size,
+                "kind": kind, "chunks": e.manifest.chunk_count, "chunks_held": e.held_count(),
+                "bytes_held": e.held_bytes(), "replicas": e.replicas,
+                "for": e.origin or None, "path": str(e.path)})
+        files.sort(key=lambda f: (f["kind"], f["name"]))
+        return ListResult(files)
 
     async def holders(self, args: HashArgs, emit: Emit) -> HoldersResult:
         """Who holds which chunks of a file, asked of every provider directly."""

@@ -21,6 +21,7 @@ from dhtshare.config import Config
 from dhtshare.core.bitfield import bitfield_from_indices
 from dhtshare.core.ids import short
 from dhtshare.core.providers import MAX_DHT_BITFIELD, Announcement
+from dhtshare.core.stats import Stats
 from dhtshare.disk.datadir import DataDir
 from dhtshare.disk.intake import sweep_empty
 from dhtshare.disk.store import ContentStore
@@ -49,7 +50,10 @@ class Upkeep:
         replicator: Replicator,
         port: int,
         spawn: Spawn,
+        stats: Stats | None = None,
     ) -> None:
+        #: Repair copies made and copies still short (the node's counters).
+        self.stats = stats if stats is not None else Stats()
         self.config = config
         self.data = data
         self.store = store
@@ -193,9 +197,12 @@ class Upkeep:
                 if not (entry.durable or entry.complete):
                     continue
                 try:
-                    await self.replicator.repair(entry)
+                    placement = await self.replicator.repair(entry)
                 except DhtshareError as err:
                     log.warning("repair of %s failed: %s", short(h), err)
+                    continue
+                self.stats.repair_copies += sum(placement.placed.values())
+                self.stats.deficits[h] = sum(placement.short.values())
 
     # -- leaving -------------------------------------------------------------------------
     async def leave(self, polite: bool) -> bool:

@@ -24,7 +24,7 @@ app = typer.Typer(
     name="dhtshare",
     help="Trackerless peer-to-peer file sharing: chunks verified by SHA-256, "
     "providers found in a Kademlia DHT, data pulled from many peers at once.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -40,6 +40,8 @@ for command in (
     cmd_share.remove,
     cmd_share.holders,
     cmd_node.status,
+    cmd_node.ls,
+    cmd_node.peers,
     cmd_node.limit,
     cmd_demo.demo,
 ):

@@ -122,6 +122,8 @@ def publish(
     joins through --peer, replicates, and keeps serving in the foreground until
     interrupted (or, with an explicit --replicas, exits: the copies serve it).
     The file is served from where it is, not copied.
+
+    Example: dhtshare publish movie.mkv --replicas 2
     """
     setup_logging(verbose)
     from dhtshare.core.manifest import check_chunk_size
@@ -207,6 +209,8 @@ def fetch(
     Goes through the node on the data dir when one runs; otherwise runs a
     short-lived node joined through --peer.  Exits 0 only when the file is
     complete and verified.
+
+    Example: dhtshare fetch 3f7c...e91a -o movie.mkv
     """
     setup_logging(verbose)
     try:
@@ -266,7 +270,13 @@ def pin(
                                           "keep, this one included.")] = DEFAULT_REPLICAS,
     json_out: JsonOpt = False,
 ) -> None:
-    """Fetch a file into the node's store and keep it: it counts as a durable replica."""
+    """Fetch a file into the node's store and keep it: it counts as a durable replica.
+
+    The running node on the data dir keeps the copy in its store (not your
+    files) and helps keep the file's replication factor.
+
+    Example: dhtshare pin 3f7c...e91a --replicas 3
+    """
     setup_logging(0)
     result = node_op(data_dir, "pin", {"hash": _checked_hash(hash_), "replicas": replicas},
                       "pinning")
@@ -275,21 +285,37 @@ def pin(
 
 
 def unpin(hash_: HashArg, data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
-    """Let go of a pinned file: its chunks are copied to other nodes first, then dropped here."""
+    """Let go of a pinned file: its chunks are copied to other nodes first, then dropped here.
+
+    Nothing is lost: the command succeeds only once the other copies exist
+    (exit 3 if too few nodes would take them; the pin then stays).
+
+    Example: dhtshare unpin 3f7c...e91a
+    """
     setup_logging(0)
     result = node_op(data_dir, "unpin", {"hash": _checked_hash(hash_)}, "")
     print(json.dumps(result) if json_out else f"unpinned {result['hash']}")
 
 
 def remove(hash_: HashArg, data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
-    """Stop sharing a file.  A replica is handed off first; your own file is never deleted."""
+    """Stop sharing a file.  A replica is handed off first; your own file is never deleted.
+
+    The node withdraws its provider records, so fetchers stop asking it.
+
+    Example: dhtshare remove 3f7c...e91a
+    """
     setup_logging(0)
     result = node_op(data_dir, "remove", {"hash": _checked_hash(hash_)}, "")
     print(json.dumps(result) if json_out else f"no longer sharing {result['hash']}")
 
 
 def holders(hash_: HashArg, data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
-    """Who has what: every live holder of a file and how many chunks each holds."""
+    """Who has what: every live holder of a file and how many chunks each holds.
+
+    Asks each holder the DHT names directly, so the list is what is true now.
+
+    Example: dhtshare holders 3f7c...e91a --json
+    """
     setup_logging(0)
     result = node_op(data_dir, "holders", {"hash": _checked_hash(hash_)}, "")
     if json_out:

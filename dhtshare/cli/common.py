@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,18 +33,30 @@ T = TypeVar("T")
 log = logging.getLogger("dhtshare")
 
 
-def setup_logging(verbose: int, default: int = logging.WARNING) -> None:
-    """Log to stderr at ``default``, or INFO with ``-v`` and DEBUG with ``-vv``."""
-    level = default if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # The DHT library logs every timeout at ERROR; those are routine churn for us.
-    for noisy in ("kademlia", "rpcudp"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
+def setup_logging(verbose: int, default: int = logging.WARNING, level: str | None = None,
+                  fmt: str | None = None, path: Path | None = None) -> None:
+    """Log at ``default``, INFO with ``-v``, DEBUG with ``-vv``, or at ``--log-level``.
+
+    ``--log-level``/``--log-format``/``--log-file`` win over ``$DHTSHARE_LOG_LEVEL``,
+    ``$DHTSHARE_LOG_FORMAT`` and ``$DHTSHARE_LOG_FILE``, which win over ``-v``.
+    A bad value is a one-line error.
+    """
+    from dhtshare.cli.logs import configure, level_named
+
+    env = os.environ
+    level = level or env.get("DHTSHARE_LOG_LEVEL") or None
+    fmt = fmt or env.get("DHTSHARE_LOG_FORMAT") or "text"
+    if path is None and env.get("DHTSHARE_LOG_FILE"):
+        path = Path(env["DHTSHARE_LOG_FILE"])
+    try:
+        if level is not None:
+            chosen = level_named(level)
+        else:
+            chosen = default if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
+        configure(chosen, fmt.lower(), path.expanduser() if path else None,
+                  quiet_libraries=verbose < 2)
+    except DhtshareError as err:
+        fail(str(err), err.exit_code)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -92,7 +103,8 @@ def peers_from(values: list[str] | None) -> tuple[tuple[str, int], ...]:
 
 def build_config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, int], ...],
                  advertise: str | None = None, join_timeout: float = 0.0,
-                 upload_rate: str = "0", download_rate: str = "0") -> Config:
+                 upload_rate: str = "0", download_rate: str = "0",
+                 metrics_port: int = 0, metrics_host: str = "127.0.0.1") -> Config:
     """The node's :class:`~dhtshare.config.Config` from flags and the environment.
 
     Timings have no flags: the ``DHTSHARE_*`` variables set them (the tests,
@@ -123,6 +135,9 @@ def build_config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, i
         kw["plaintext_links"] = True
     kw["max_upload_rate"] = parse_rate(upload_rate, "--max-upload-rate")
     kw["max_download_rate"] = parse_rate(download_rate, "--max-download-rate")
+    if not 0 <= metrics_port < 65536:
+        raise ConfigError(f"--metrics-port {metrics_port} is out of range (0-65535; 0: off)")
+    kw["metrics_port"], kw["metrics_host"] = metrics_port, metrics_host
     return Config(data_dir=data_dir, host=host, port=port, advertise=advertise, peers=peers,
                   join_timeout=join_timeout, **kw)
 

@@ -42,6 +42,37 @@ DownloadRateOpt = Annotated[
     typer.Option("--max-download-rate", help="Most bytes per second this node receives from "
                  "peers, all links together (K/M/G suffix; 0: no limit)."),
 ]
-VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")]
+LogLevelOpt = Annotated[
+    str | None,
+    typer.Option("--log-level", help="debug (every chunk, chunk map and DHT step, with its "
+                 "peer), info (a line per fetch, publish, peer and repair), warning or error. "
+                 "Also $DHTSHARE_LOG_LEVEL; default warning, info for a node.",
+                 show_default=False),
+]
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option("--log-format", help="text, or json: one object per line with stable keys "
+                 "(ts, level, logger, msg, event, peer, ...). Also $DHTSHARE_LOG_FORMAT.",
+                 show_default=False),
+]
+LogFileOpt = Annotated[
+    Path | None,
+    typer.Option("--log-file", help="Log to this file instead of stderr, rotated at 10 MiB "
+                 "(5 old files kept). Also $DHTSHARE_LOG_FILE.", show_default=False),
+]
+VerboseOpt = Annotated[int, typer.Option(
+    "--verbose", "-v", count=True, metavar="", show_default=False,
+    help="More logging, counted: -v for info, -vv for debug.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the result.")]
 HashArg = Annotated[str, typer.Argument(metavar="HASH", help="Manifest hash.")]
+MetricsPortOpt = Annotated[
+    int,
+    typer.Option("--metrics-port", help="Serve Prometheus metrics at "
+                 "http://METRICS_HOST:PORT/metrics (bytes by link direction, chunks, bans, DHT "
+                 "lookups, peers, storage, repair; 0: off)."),
+]
+MetricsHostOpt = Annotated[
+    str,
+    typer.Option("--metrics-host", help="Address the metrics endpoint listens on "
+                 "(with --metrics-port)."),
+]

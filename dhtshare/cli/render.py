@@ -65,6 +65,54 @@ def show_status(result: dict[str, Any], json_out: bool) -> None:
         print(f"  {item['hash']}  {item['size']:>12}  {held:8}  {item['name']}")
 
 
+def size_text(n: float) -> str:
+    """Bytes for people: 1023 B, 4.0 KiB, 12.5 MiB, 3.1 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def table(rows: list[list[str]], header: list[str]) -> None:
+    """Columns aligned to their widest cell (numbers to the right)."""
+    cells = [header, *rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    right = [all(r[i].replace(".", "").replace(" ", "").rstrip("KMGTiBs/").isdigit()
+                 for r in rows) and bool(rows) for i in range(len(header))]
+    for r in cells:
+        print("  ".join(c.rjust(w) if ra else c.ljust(w)
+                        for c, w, ra in zip(r, widths, right, strict=True)).rstrip())
+
+
+def show_ls(result: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        print(json.dumps(result), flush=True)
+        return
+    files = result["files"]
+    if not files:
+        print("this node holds nothing yet (dhtshare publish FILE, or dhtshare fetch HASH)")
+        return
+    table([[f["kind"], f["name"], size_text(f["size"]), f"{f['chunks_held']}/{f['chunks']}",
+            f["hash"]] for f in files], ["KIND", "NAME", "SIZE", "CHUNKS", "MANIFEST HASH"])
+
+
+def show_peers(result: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        print(json.dumps(result), flush=True)
+        return
+    peers = result["peers"]
+    if not peers:
+        print("no peer links open now")
+        return
+    table([[p["address"], (p["node_id"] or "?")[:16], p["direction"],
+            size_text(p["bytes_sent"]), size_text(p["bytes_received"]),
+            size_text(p["send_rate"]) + "/s", size_text(p["receive_rate"]) + "/s",
+            str(p["requests_in_flight"])] for p in peers],
+          ["ADDRESS", "NODE", "DIRECTION", "SENT", "RECEIVED", "SEND RATE", "RECV RATE",
+           "IN FLIGHT"])
+
+
 class Progress:
     """A progress bar on stderr when it is a terminal; silent otherwise."""
 

@@ -21,6 +21,7 @@ import resource
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from dhtshare.activity import activity
 from dhtshare.config import KIB, MIB
 from dhtshare.core import messages as m
 from dhtshare.core.bitfield import bitfield_from_indices
@@ -102,6 +103,7 @@ class ChunkServer:
         self._have_pending: dict[bytes, list[int]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self.bytes_served = 0
+        self.chunks_served = 0
         self.bytes_stored = 0
 
     # -- the TCP listener ---------------------------------------------------------
@@ -143,6 +145,10 @@ class ChunkServer:
         if same >= self.max_per_address:
             return f"{host} has {same} links open already"
         return None
+
+    def inbound_links(self) -> list[Connection]:
+        """The links peers opened to us that are open now."""
+        return [c for c in self._inbound if c.is_open]
 
     def stop_listening(self, bye: str | None = None) -> None:
         """Stop accepting, and close every inbound link (saying ``bye`` first, if given)."""
@@ -221,6 +227,9 @@ class ChunkServer:
                     return
                 self._subscribers.setdefault(h, set()).add(conn)
                 conn.subscribed = True
+                activity("chunk_map_sent", "chunk map of %s sent to %s", h.hex()[:16],
+                         conn.label, peer=conn.label, manifest=h.hex(),
+                         chunks=entry.held_count())
                 if entry.complete:
                     conn.send(m.Have(req, True, b"", entry.durable, entry.replicas))
                 else:
@@ -251,6 +260,9 @@ class ChunkServer:
                         raise StorageError(f"{entry.path} is shorter than its manifest says")
                     await conn.send_file(m.Data(req), file, offset, length)
                 self.bytes_served += length
+                self.chunks_served += 1
+                activity("chunk_sent", "chunk %d sent to %s", index, conn.label,
+                         peer=conn.label, chunk=index, bytes=length, manifest=h.hex())
                 return
             data = entry.read_chunk(index)
         except (OSError, StorageError) as err:
@@ -258,7 +270,10 @@ class ChunkServer:
             conn.send(m.Error(req, m.ErrorCode.INTERNAL, "chunk unreadable"))
             return
         self.bytes_served += len(data)
+        self.chunks_served += 1
         conn.send(m.Data(req), data)
+        activity("chunk_sent", "chunk %d sent to %s", index, conn.label,
+                 peer=conn.label, chunk=index, bytes=len(data), manifest=h.hex())
 
     async def _put_manifest(self, conn: Connection, msg: m.PutManifest) -> None:
         req = msg.req

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
@@ -123,6 +124,8 @@ class Connection(asyncio.BufferedProtocol):
         self.session = Session(hello, handler is not None, MAX_INCOMING_REQUESTS, codec, expect)
         self._handler = handler
         self._on_close = on_close
+        #: We dialed this link (outbound); False: the peer did (inbound).
+        self.initiator = initiator
         #: Asked once the peer's address is known: a reason to refuse it, or None.
         self._admit = admit
         self._idle_timeout = idle_timeout
@@ -131,6 +134,8 @@ class Connection(asyncio.BufferedProtocol):
         self.limiter = limiter
         self._throttled: asyncio.TimerHandle | None = None
         self.bytes_sent = 0
+        #: When the link was opened (``time.monotonic()``), for rates.
+        self.opened_at = time.monotonic()
         self._active = True  # bytes moved since the idle timer last looked
         self.transport: asyncio.Transport | None = None
         self.peername: tuple[str, int] = ("?", 0)

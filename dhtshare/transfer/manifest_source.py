@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from dhtshare.core.ids import ManifestHash, short
 from dhtshare.core.manifest import Manifest
 from dhtshare.core.providers import ProviderRecord
+from dhtshare.core.stats import Stats
 from dhtshare.errors import (
     DhtshareError,
     IntegrityError,
@@ -61,8 +62,11 @@ class PeerBook:
     banned_ids: set[bytes] = field(default_factory=set)
     #: Providers named in the DHT that could not be reached.
     unreachable: set[Address] = field(default_factory=set)
+    #: The node's counters (verification failures and bans).
+    stats: Stats = field(default_factory=Stats)
 
     def ban(self, addr: Address, node_id: bytes | None) -> None:
+        self.stats.banned(addr not in self.banned)
         self.banned.add(addr)
         if node_id is not None:
             self.banned_ids.add(node_id)
@@ -74,7 +78,7 @@ class ProviderSource:
     def __init__(self, services: FetchServices, mh: ManifestHash, tg: asyncio.TaskGroup) -> None:
         self.s = services
         self.mh = mh
-        self.book = PeerBook()
+        self.book = PeerBook(stats=services.stats)
         #: Told about every provider a lookup names (the download's supervisor, once running).
         self.on_new: Callable[[list[ProviderRecord]], None] | None = None
         self._tg = tg

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 
+from dhtshare.activity import activity
 from dhtshare.config import KIB
 from dhtshare.core import messages as m
 from dhtshare.core.framing import Buffer
@@ -102,6 +103,8 @@ class Pump:
             req = conn.next_id()
             msg = m.GetChunk(req, dl.manifest.hash, idx, dl.manifest.chunk_hash(idx))
             fut = conn.start_request(msg, req)
+            activity("chunk_requested", "chunk %d requested from %s", idx, self.label,
+                     peer=self.label, chunk=idx, manifest=dl.manifest.hash.hex())
             self.inflight[req] = idx
             dl.requests[(self.addr, idx)] = (conn, req)
             fut.add_done_callback(functools.partial(self._replied, req, idx))
@@ -129,9 +132,15 @@ class Pump:
                 raise error  # the connection's PeerError; anything else is a bug
             case ChunkStored(req=req, index=index, size=size):
                 inflight.pop(req, None)
+                activity("chunk_verified", "chunk %d from %s verified and written", index,
+                         self.label, peer=self.label, chunk=index, bytes=size,
+                         manifest=dl.manifest.hash.hex())
                 dl.stored(index, size)
             case ChunkRejected(req=req, index=index):
                 inflight.pop(req, None)
+                activity("chunk_rejected", "chunk %d from %s failed verification", index,
+                         self.label, peer=self.label, chunk=index,
+                         manifest=dl.manifest.hash.hex())
                 log.warning("peer %s sent corrupt chunk %d; banned for this fetch",
                             self.label, index)
                 dl.ban(self.addr, self.node_id, self.conn)

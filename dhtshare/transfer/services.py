@@ -10,6 +10,7 @@ from typing import Protocol
 from dhtshare.config import Config
 from dhtshare.core.manifest import Manifest
 from dhtshare.core.providers import ProviderRecord
+from dhtshare.core.stats import Stats
 from dhtshare.disk.store import ContentStore
 from dhtshare.net.peers import PeerPool
 
@@ -26,6 +27,7 @@ class FetchServices(Protocol):
     store: ContentStore
     pool: PeerPool
     active_parts: dict[Path, asyncio.Event]
+    stats: Stats
 
     async def find_providers(
         self, h: bytes, on_records: Callable[[list[ProviderRecord]], None] | None = None

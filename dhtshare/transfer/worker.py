@@ -18,6 +18,7 @@ import contextlib
 import functools
 import logging
 
+from dhtshare.activity import activity
 from dhtshare.core.bitfield import indices_from_bitfield
 from dhtshare.core.ids import short
 from dhtshare.errors import (
@@ -56,6 +57,9 @@ async def run_worker(dl: Download, addr: Address, node_id: bytes | None = None) 
         have = await conn.get_have(mh, s.config.request_timeout)
         n = dl.manifest.chunk_count
         held = None if have.complete else indices_from_bitfield(n, have.bitfield)
+        activity("chunk_map_received", "%s holds %s of %d chunks", label(addr),
+                 "all" if held is None else len(held), n, peer=label(addr),
+                 chunks=n if held is None else len(held), manifest=mh.hex())
         dl.picker.add_peer(addr, held)
         dl.starting.discard(addr)
         dl.wake_all()

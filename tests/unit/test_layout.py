@@ -32,6 +32,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[2] / PACKAGE
 FLOOR_OF = {
     "dhtshare.errors": "shared",
     "dhtshare.config": "shared",
+    "dhtshare.activity": "shared",
     "dhtshare.core": "core",
     "dhtshare.disk": "disk",
     "dhtshare.net": "net",

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from dhtshare.core.providers import ProviderRecord
+from dhtshare.core.stats import Stats
 from dhtshare.transfer.manifest_source import ProviderSource
 
 
@@ -20,7 +21,8 @@ def rec(host: str, port: int, complete: bool = True, ttl: float = 1800.0) -> Pro
 
 
 def source(dead: set[tuple[str, int]] | None = None) -> ProviderSource:
-    services: Any = SimpleNamespace(provider_is_dead=lambda addr: addr in (dead or set()))
+    services: Any = SimpleNamespace(provider_is_dead=lambda addr: addr in (dead or set()),
+                                    stats=Stats())
     tg: Any = None
     return ProviderSource(services, b"m" * 32, tg)
 

@@ -18,10 +18,12 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
+from dhtshare.activity import activity
 from dhtshare.core.identity import Identity
 from dhtshare.core.ids import NODE_ID_LEN, dht_key, short
 from dhtshare.core.provider_store import OWN, ProviderStore
 from dhtshare.core.providers import SELF_HOST, Announcement, ProviderRecord, Signer
+from dhtshare.core.stats import Stats
 from dhtshare.errors import ConfigError, PeerUnreachable
 from dhtshare.net.dht.datagram import Address
 from dhtshare.net.dht.kad import KSIZE, DhtProtocol, Server, new_nonce, signed_pong
@@ -53,8 +55,11 @@ class Dht:
     """A running DHT node with provider records, signed with the node's key."""
 
     def __init__(
-        self, identity: Identity, *, timeout: float = 1.5, dead_ttl: float = 300.0
+        self, identity: Identity, *, timeout: float = 1.5, dead_ttl: float = 300.0,
+        stats: Stats | None = None,
     ) -> None:
+        #: Lookups counted and timed (the node's counters, or this Dht's own).
+        self.stats = stats if stats is not None else Stats()
         self.providers = ProviderStore()
         self._server = Server(identity, self.providers, timeout, dead_ttl)
         self.identity = identity
@@ -129,7 +134,7 @@ class Dht:
             for straggler in pings:
                 self.protocol.adopt(straggler)
         if answered:
-            await run_lookup(self.protocol, self.node_id, "find_node")
+            await self._lookup(self.node_id, "find_node")
             self.refreshing = asyncio.ensure_future(self.refresh())
             self.protocol.adopt(self.refreshing)
         return answered
@@ -158,7 +163,7 @@ class Dht:
         rather than an hour later).  Returns how many lookups ran.
         """
         if self_lookup:
-            await run_lookup(self.protocol, self.node_id, "find_node")
+            await self._lookup(self.node_id, "find_node")
         contacts = self.protocol.router.contacts()
         if not contacts:
             return 0
@@ -169,7 +174,7 @@ class Dht:
 
         async def one(shared: int) -> None:
             async with sem:
-                await run_lookup(self.protocol, id_in_range(self.node_id, shared), "find_node")
+                await self._lookup(id_in_range(self.node_id, shared), "find_node")
 
         await asyncio.gather(*(one(i) for i in ranges))
         return len(ranges)
@@ -202,7 +207,7 @@ class Dht:
         other holders answer.
         """
         key = dht_key(PROVIDERS_NS, content_hash)
-        result = await run_lookup(self.protocol, key, "get_providers")
+        result = await self._lookup(key, "get_providers")
         signed = self._signer.announcement(key, ann)
         self.providers.add(key, signed, ann.advertise or SELF_HOST, OWN, own=True)
         wire = signed.to_wire()
@@ -213,14 +218,14 @@ class Dht:
             )
         )
         stored = sum(1 for ok, reply in results if ok and reply is True)
-        log.debug("announced %s to %d/%d DHT nodes", short(content_hash), stored,
-                  len(result.closest))
+        activity("dht_announce", "announced %s to %d/%d DHT nodes", short(content_hash), stored,
+                 len(result.closest), manifest=content_hash.hex(), found=stored)
         return stored
 
     async def withdraw(self, content_hash: bytes) -> int:
         """Remove this node's record for ``content_hash`` where it is stored."""
         key = dht_key(PROVIDERS_NS, content_hash)
-        result = await run_lookup(self.protocol, key, "get_providers")
+        result = await self._lookup(key, "get_providers")
         self.providers.remove(key, self.node_id)
         wire = self._signer.withdrawal(key).to_wire()
         results = await asyncio.gather(
@@ -231,7 +236,7 @@ class Dht:
 
     async def nodes_near(self, key: bytes) -> list[tuple[bytes, Address]]:
         """Live nodes closest to ``key`` (a lookup) plus every routing-table contact."""
-        result = await run_lookup(self.protocol, key[:NODE_ID_LEN], "find_node")
+        result = await self._lookup(key[:NODE_ID_LEN], "find_node")
         found = {n.id: (n.ip, n.port) for n, _token in result.closest}
         for nid, ip, port in self.contacts():
             found.setdefault(nid, (ip, port))
@@ -244,8 +249,13 @@ class Dht:
 
         ``on_records`` sees each provider as soon as some node names it.
         """
-        return [r for r in (await self.lookup_providers(content_hash, on_records)).records.values()
-                if r.node_id != self.node_id]
+        t0 = time.monotonic()
+        found = [r for r in (await self.lookup_providers(content_hash, on_records)).records.values()
+                 if r.node_id != self.node_id]
+        activity("dht_lookup", "looked up %s: %d providers in %.0f ms", short(content_hash),
+                 len(found), (time.monotonic() - t0) * 1000, manifest=content_hash.hex(),
+                 found=len(found), seconds=round(time.monotonic() - t0, 4))
+        return found
 
     async def lookup_providers(
         self, content_hash: bytes, on_records: OnRecords | None = None
@@ -258,8 +268,16 @@ class Dht:
             if theirs and on_records is not None:
                 on_records(theirs)
 
-        return await run_lookup(self.protocol, key, "get_providers",
-                                ours_excluded if on_records else None)
+        return await self._lookup(key, "get_providers", ours_excluded if on_records else None)
+
+    async def _lookup(self, key: bytes, rpc: str,
+                      on_records: OnRecords | None = None) -> LookupResult:
+        """:func:`run_lookup`, counted and timed in :attr:`stats`."""
+        t0 = time.monotonic()
+        try:
+            return await run_lookup(self.protocol, key, rpc, on_records)
+        finally:
+            self.stats.lookup_done(rpc, time.monotonic() - t0)
 
     def stop(self) -> None:
         self._server.stop()

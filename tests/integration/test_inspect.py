@@ -1,0 +1,52 @@
+"""Looking inside a node: ``ls`` and ``peers``, as tables and as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cluster, fetch_json, make_file, publish, run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def cli_json(*args: str) -> Any:
+    res = run_cli(*args, "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    return out
+
+
+def test_ls_and_peers_after_a_fetch(cluster: Cluster, tmp_path: Path) -> None:
+    _boot, holder, fetcher = cluster.start(3)
+    src = make_file(tmp_path / "shown.bin", 2 * 1024 * 1024 + 1, seed=3)
+    h = publish(holder, src, "--replicas", "0", "--chunk-size", "256K")
+    fetch_json(fetcher, h, tmp_path / "got.bin")
+
+    held = cli_json("ls", "--data-dir", str(holder.data_dir))["files"]
+    assert [(f["kind"], f["hash"], f["chunks_held"], f["chunks"]) for f in held] == [
+        ("published", h, 9, 9)]
+    got = cli_json("ls", "--data-dir", str(fetcher.data_dir))["files"]
+    assert [(f["kind"], f["name"]) for f in got] == [("fetched", "shown.bin")]
+
+    links = cli_json("peers", "--data-dir", str(fetcher.data_dir))["peers"]
+    to_holder = [p for p in links if p["node_id"] and p["listen_port"] == holder.port]
+    assert to_holder, links
+    link = to_holder[0]
+    assert link["direction"] == "outbound"
+    assert link["encrypted"] is True
+    assert link["bytes_received"] >= src.stat().st_size
+    served = cli_json("peers", "--data-dir", str(holder.data_dir))["peers"]
+    assert any(p["direction"] == "inbound" and p["bytes_sent"] >= src.stat().st_size
+               for p in served), served
+
+    text = run_cli("ls", "--data-dir", str(holder.data_dir))
+    assert text.returncode == 0
+    assert text.stdout.splitlines()[0].split()[:3] == ["KIND", "NAME", "SIZE"]
+    assert h in text.stdout
+    text = run_cli("peers", "--data-dir", str(fetcher.data_dir))
+    assert text.returncode == 0
+    assert "outbound" in text.stdout
