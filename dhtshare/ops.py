@@ -200,6 +200,18 @@ class StatusResult:
     max_storage: int
     bytes_served: int
     bytes_stored: int
+    #: Where peers reach it: the address in its own records (None: as they see it).
+    advertise: str | None = None
+    #: Peer links open now, by direction.
+    peers_connected: Json | None = None
+    #: Downloads under way (their part files).
+    transfers: list[str] | None = None
+    #: Bandwidth limits in force (bytes per second; 0: none).
+    limits: Json | None = None
+    #: Repair: copies made so far, files still short of copies.
+    repair: Json | None = None
+    #: The Prometheus endpoint, if on.
+    metrics: str | None = None
 
     def to_json(self) -> Json:
         return asdict(self)
@@ -338,7 +350,8 @@ class Operations:
 
         def progress(done: int) -> None:
             if emit is not None:
-                loop.call_soon_threadsafe(emit, "progress", {"done": done, "total": before.st_size})
+                loop.call_soon_threadsafe(emit, "progress", {"done": done, "total": before.st_size,
+                                                             "stage": "hashing"})
 
         name = path.name
         if args.copy:
@@ -381,9 +394,9 @@ class Operations:
     async def fetch(self, args: FetchArgs, emit: Emit | None = None) -> FetchResult:
         """Download a file by its manifest hash, verified, then provide it."""
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int, senders: dict[str, Any]) -> None:
             if emit is not None:
-                emit("progress", {"done": done, "total": total})
+                emit("progress", {"done": done, "total": total, "stage": "fetching", **senders})
 
         node = self.node
         log.info("fetching %s", short(args.hash),
@@ -427,7 +440,22 @@ class Operations:
             max_storage=store.max_storage,
             bytes_served=node.server.bytes_served,
             bytes_stored=node.server.bytes_stored,
+            advertise=node.config.advertise,
+            peers_connected={"inbound": len(node.server.inbound_links()),
+                             "outbound": len(node.pool.connections())},
+            transfers=sorted(str(p) for p in node.active_parts),
+            limits=self._limits(),
+            repair={"copies_made": node.dht.stats.repair_copies,
+                    "files_short": sum(1 for v in node.dht.stats.deficits.values() if v)},
+            metrics=(f"http://{node.config.metrics_host}:{node.config.metrics_port}/metrics"
+                     if node.config.metrics_port else None),
         )
+
+    def _limits(self) -> Json:
+        limiter = self.node.server.limiter
+        if limiter is None:
+            return {"upload": 0, "download": 0}
+        return {"upload": int(limiter.upload.rate), "download": int(limiter.download.rate)}
 
     def peers(self) -> PeersResult:
         """Every open link: who, which way, bytes and rate each way, requests in flight."""
@@ -507,8 +535,8 @@ class Operations:
                 raise os_error(err, "create", node.store.replica_dir) from err
             target = node.store.replica_path(h)
 
-            def progress(done: int, total: int) -> None:
-                emit("progress", {"done": done, "total": total})
+            def progress(done: int, total: int, senders: dict[str, Any]) -> None:
+                emit("progress", {"done": done, "total": total, "stage": "fetching", **senders})
 
             await Fetch(node, h, target, node.data_dir, True, progress).run()
             entry = node.store.adopt_replica(h, target, args.replicas)

@@ -18,7 +18,7 @@ import contextlib
 
 import typer
 
-from dhtshare.cli import cmd_demo, cmd_node, cmd_share
+from dhtshare.cli import cmd_config, cmd_demo, cmd_node, cmd_share
 
 app = typer.Typer(
     name="dhtshare",
@@ -46,6 +46,7 @@ for command in (
     cmd_demo.demo,
 ):
     app.command()(command)
+app.add_typer(cmd_config.app, name="config")
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,7 +13,6 @@ from dhtshare.cli.common import (
     build_config,
     fail,
     node_op,
-    peers_from,
     resolve_data_dir,
     run,
     setup_logging,
@@ -54,20 +53,49 @@ def _ready_line(node: Node) -> None:
           f"{node.config.host}:{node.port} (data dir {node.data_dir})", flush=True)
 
 
-def _serve(data_dir: Path | None, host: str, port: int, peers: tuple[tuple[str, int], ...],
-           advertise: str | None, verbose: int, max_storage: str,
-           upload_rate: str = "0", download_rate: str = "0",
-           logging_opts: tuple[str | None, str | None, Path | None] = (None, None, None),
-           metrics: tuple[int, str] = (0, "127.0.0.1")) -> None:
+#: The command's parameters that are settings (``dhtshare.cli.settings``), by setting name.
+_SETTING_PARAMS = {"host": "host", "port": "port", "peer": "peers", "advertise": "advertise",
+                   "max_storage": "max_storage", "max_upload_rate": "max_upload_rate",
+                   "max_download_rate": "max_download_rate", "metrics_port": "metrics_port",
+                   "metrics_host": "metrics_host", "log_level": "log_level",
+                   "log_format": "log_format", "log_file": "log_file"}
+
+
+def _typed(ctx: typer.Context) -> dict[str, Any]:
+    """The settings given on the command line (not defaults), by setting name."""
+    from click.core import ParameterSource
+
+    given = {}
+    for param, name in _SETTING_PARAMS.items():
+        if ctx.get_parameter_source(param) is ParameterSource.COMMANDLINE:
+            value = ctx.params[param]
+            given[name] = [] if value is None else value
+    return given
+
+
+def _serve(ctx: typer.Context, data_dir: Path | None, verbose: int, bootstrap: bool) -> None:
+    """Run a node with its settings layered: flags > environment > config.toml > defaults."""
     from dataclasses import replace
 
-    from dhtshare.core.netaddr import parse_size
+    from dhtshare.cli.settings import resolve
 
-    setup_logging(verbose, logging.INFO, *logging_opts)
     try:
-        config = build_config(resolve_data_dir(data_dir), host, port, peers, advertise,
-                              LONG_RUNNING_JOIN, upload_rate, download_rate, *metrics)
-        config = replace(config, max_storage=parse_size(max_storage))
+        ddir = resolve_data_dir(data_dir)
+        settings = resolve(ddir, _typed(ctx))
+    except DhtshareError as err:
+        fail(str(err), err.exit_code)
+    v = {name: r.value for name, r in settings.items()}
+    level = v["log_level"] if settings["log_level"].source != "default" else None
+    setup_logging(verbose, logging.INFO, level, v["log_format"], v["log_file"])
+    try:
+        config = build_config(ddir, v["host"], v["port"], () if bootstrap else v["peers"],
+                              v["advertise"], LONG_RUNNING_JOIN, str(v["max_upload_rate"]),
+                              str(v["max_download_rate"]), v["metrics_port"], v["metrics_host"])
+        config = replace(config, max_storage=v["max_storage"],
+                         provider_ttl=v["provider_ttl"],
+                         reannounce_interval=v["reannounce_interval"],
+                         repair_interval=v["repair_interval"],
+                         handoff_timeout=v["handoff_timeout"], join_wait=v["join_wait"])
     except DhtshareError as err:
         fail(str(err), err.exit_code)
 
@@ -87,6 +115,7 @@ def _serve(data_dir: Path | None, host: str, port: int, peers: tuple[tuple[str, 
 
 
 def bootstrap(
+    ctx: typer.Context,
     host: HostOpt = "0.0.0.0",
     port: PortOpt = 7000,
     data_dir: DataDirOpt = None,
@@ -106,11 +135,11 @@ def bootstrap(
     Other nodes join with 'dhtshare node --peer THIS_HOST:PORT'.
     Example: dhtshare bootstrap --port 7000 --log-format json --log-file ~/dhtshare.log
     """
-    _serve(data_dir, host, port, (), advertise, verbose, max_storage, max_upload_rate,
-           max_download_rate, (log_level, log_format, log_file), (metrics_port, metrics_host))
+    _serve(ctx, data_dir, verbose, bootstrap=True)
 
 
 def node(
+    ctx: typer.Context,
     peer: PeerOpt = None,
     host: HostOpt = "0.0.0.0",
     port: PortOpt = 7000,
@@ -133,12 +162,7 @@ def node(
 
     Example: dhtshare node --peer 192.168.1.10:7000 --max-upload-rate 10M
     """
-    try:
-        peers = peers_from(peer)
-    except DhtshareError as err:
-        fail(str(err), err.exit_code)
-    _serve(data_dir, host, port, peers, advertise, verbose, max_storage, max_upload_rate,
-           max_download_rate, (log_level, log_format, log_file), (metrics_port, metrics_host))
+    _serve(ctx, data_dir, verbose, bootstrap=False)
 
 
 def ls(data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:

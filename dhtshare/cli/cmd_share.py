@@ -37,6 +37,8 @@ from dhtshare.cli.options import (
     JsonOpt,
     PeerOpt,
     PortOpt,
+    QuietOpt,
+    ShowPeersOpt,
     UploadRateOpt,
     VerboseOpt,
 )
@@ -113,6 +115,8 @@ def publish(
     max_upload_rate: UploadRateOpt = "0",
     max_download_rate: DownloadRateOpt = "0",
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    show_peers: ShowPeersOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Share FILE: print its manifest hash (the last line of stdout).
@@ -152,7 +156,7 @@ def publish(
 
     def main() -> None:
         args = {"path": str(path), "chunk_size": size, "copy": copy, "replicas": want}
-        with Progress("publishing", not json_out) as bar:
+        with Progress("publishing", not (json_out or quiet), show_peers) as bar:
             result = via_control(ddir, "publish", args, bar)
         if result is not None:
             show(result)
@@ -171,7 +175,7 @@ def publish(
             from dhtshare.ops import PublishArgs
 
             async def body(node: Node) -> None:
-                with Progress("publishing", not json_out) as bar:
+                with Progress("publishing", not (json_out or quiet), show_peers) as bar:
                     published = await node.ops.publish(
                         PublishArgs(path, size, copy, want), lambda _k, d: bar.update(d))
                 result = published.to_json()
@@ -202,6 +206,8 @@ def fetch(
     max_upload_rate: UploadRateOpt = "0",
     max_download_rate: DownloadRateOpt = "0",
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    show_peers: ShowPeersOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Download a file by its manifest hash, verifying every chunk.
@@ -229,7 +235,7 @@ def fetch(
     def main() -> None:
         args = {"hash": h.hex(), "output": str(output) if output else None,
                 "cwd": str(cwd), "force": force}
-        with Progress("fetching", not json_out) as bar:
+        with Progress("fetching", not (json_out or quiet), show_peers) as bar:
             result = via_control(ddir, "fetch", args, bar)
             if result is None:
                 if not peers:
@@ -269,6 +275,8 @@ def pin(
     replicas: Annotated[int, typer.Option("--replicas", help="Copies the network should "
                                           "keep, this one included.")] = DEFAULT_REPLICAS,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    show_peers: ShowPeersOpt = False,
 ) -> None:
     """Fetch a file into the node's store and keep it: it counts as a durable replica.
 
@@ -278,8 +286,18 @@ def pin(
     Example: dhtshare pin 3f7c...e91a --replicas 3
     """
     setup_logging(0)
-    result = node_op(data_dir, "pin", {"hash": _checked_hash(hash_), "replicas": replicas},
-                      "pinning")
+    args = {"hash": _checked_hash(hash_), "replicas": replicas}
+    ddir = resolve_data_dir(data_dir)
+
+    def main() -> dict[str, Any]:
+        with Progress("pinning", not (json_out or quiet), show_peers) as bar:
+            result = via_control(ddir, "pin", args, bar)
+        if result is None:
+            raise NodeNotRunning(f"no dhtshare node is running on data dir {ddir}: "
+                                 "start one with 'dhtshare node'")
+        return result
+
+    result = guard(main)
     print(json.dumps(result) if json_out else f"pinned {result['name']} ({result['size']} "
           f"bytes), keeping {result['replicas']} copies")
 

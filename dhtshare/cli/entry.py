@@ -33,7 +33,8 @@ class _Grammar:
 
 
 _FETCH = _Grammar({"-o": "output", "--output": "output", "--data-dir": "data_dir"},
-                  {"--force": "force", "--json": "json"}, 1)
+                  {"--force": "force", "--json": "json", "--quiet": "quiet", "-q": "quiet",
+                   "--peers": "peers"}, 1)
 _STATUS = _Grammar({"--data-dir": "data_dir"}, {"--json": "json"}, 0)
 
 
@@ -93,7 +94,8 @@ def _fetch(argv: list[str]) -> int | None:
     args = {"hash": h.hex(), "output": str(Path(output)) if isinstance(output, str) else None,
             "cwd": str(Path.cwd()), "force": bool(opts.get("force"))}
     json_out = bool(opts.get("json"))
-    with Progress("fetching", not json_out) as bar:
+    shown = not (json_out or opts.get("quiet"))
+    with Progress("fetching", shown, bool(opts.get("peers"))) as bar:
         result = ctlclient.call(_data_dir(opts.get("data_dir")), "fetch", args, bar.update)
     show_fetch(result, json_out)
     return 0

@@ -76,3 +76,8 @@ MetricsHostOpt = Annotated[
     typer.Option("--metrics-host", help="Address the metrics endpoint listens on "
                  "(with --metrics-port)."),
 ]
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No progress display (it is shown only on a terminal anyway).")]
+ShowPeersOpt = Annotated[bool, typer.Option(
+    "--peers", help="Under the progress bar, a line per peer sending: its address, rate "
+    "and chunks.")]

@@ -60,6 +60,18 @@ def show_status(result: dict[str, Any], json_out: bool) -> None:
           f"{result['contacts']} DHT contacts, {result['bytes_served']} bytes served")
     if result.get("fingerprint"):
         print(f"  key {result['fingerprint']}")
+    links = result.get("peers_connected")
+    if links is not None:
+        print(f"  peers: {links['inbound']} inbound, {links['outbound']} outbound links; "
+              f"{result.get('contacts_answered_recently', 0)} DHT contacts answered lately")
+    limits = result.get("limits") or {}
+    if limits.get("upload") or limits.get("download"):
+        print(f"  limits: upload {limits['upload'] or 'none'}, download "
+              f"{limits['download'] or 'none'} bytes/s")
+    for part in result.get("transfers") or []:
+        print(f"  downloading {part}")
+    if result.get("metrics"):
+        print(f"  metrics {result['metrics']}")
     for item in result["content"]:
         held = "complete" if item["complete"] else "partial"
         print(f"  {item['hash']}  {item['size']:>12}  {held:8}  {item['name']}")
@@ -114,13 +126,20 @@ def show_peers(result: dict[str, Any], json_out: bool) -> None:
 
 
 class Progress:
-    """A progress bar on stderr when it is a terminal; silent otherwise."""
+    """The live progress display on stderr when it is a terminal; silent otherwise.
 
-    def __init__(self, label: str, enabled: bool) -> None:
+    One bar per stage: hashing (before a publish) has its own; fetching and
+    replicating share the command's bar, with the peers sending now, and with
+    ``peers`` a line per peer (its address, rate and chunks) below it.
+    """
+
+    def __init__(self, label: str, enabled: bool, peers: bool = False) -> None:
         self._bar: Any = None
-        self._task: Any = None
+        self._tasks: dict[str, Any] = {}
         self._label = label
         self._enabled = enabled and sys.stderr.isatty()
+        self._show_peers = peers
+        self._peer_rows: list[dict[str, Any]] = []
 
     def __enter__(self) -> Progress:
         if self._enabled:
@@ -128,28 +147,71 @@ class Progress:
             from rich.progress import (
                 BarColumn,
                 DownloadColumn,
+                TaskProgressColumn,
+                TextColumn,
                 TimeRemainingColumn,
                 TransferSpeedColumn,
             )
-            from rich.progress import Progress as Bar
+            from rich.progress import Progress as RichProgress
+
+            outer = self
+
+            class Bar(RichProgress):
+                def get_renderables(self) -> Any:
+                    yield self.make_tasks_table(self.tasks)
+                    if outer._show_peers and outer._peer_rows:
+                        yield outer._peer_table()
 
             self._bar = Bar(
-                "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TimeRemainingColumn(),
+                "[progress.description]{task.description}", BarColumn(), TaskProgressColumn(),
+                DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                TextColumn("{task.fields[peers]}"),
                 console=Console(stderr=True), transient=True,
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task(self._label, total=None)
         return self
+
+    def _task(self, key: str, description: str, total: int | None = None) -> Any:
+        if key not in self._tasks:
+            self._tasks[key] = self._bar.add_task(description, total=total, peers="")
+        return self._tasks[key]
+
+    def _peer_table(self) -> Any:
+        from rich.table import Table
+
+        grid = Table.grid(padding=(0, 2))
+        for justify in ("left", "right", "right", "right"):
+            grid.add_column(justify=justify)
+        for p in self._peer_rows:
+            chunks = f"{p['chunks']} chunk{'' if p['chunks'] == 1 else 's'}"
+            grid.add_row(f"  {p['address']}", f"{size_text(p['rate'])}/s", chunks,
+                         size_text(p["bytes"]))
+        return grid
 
     def update(self, data: dict[str, Any]) -> None:
         if self._bar is None:
             return
-        if data.get("stage") == "joining":
-            self._bar.update(self._task, description=f"{self._label} (joining the network)")
+        stage = data.get("stage")
+        if stage == "joining":
+            self._bar.update(self._task("main", self._label),
+                             description=f"{self._label} (joining the network)")
             return
-        self._bar.update(self._task, completed=data.get("done", 0), total=data.get("total"),
-                         description=self._label)
+        if stage == "hashing":
+            task = self._task("hashing", "hashing", data.get("total"))
+            self._bar.update(task, completed=data.get("done", 0), total=data.get("total"))
+            return
+        if "hashing" in self._tasks:  # hashing is over: its bar stays full
+            for task in self._bar.tasks:
+                if task.id == self._tasks["hashing"] and task.total is not None:
+                    self._bar.update(task.id, completed=task.total)
+        description = f"{self._label} ({stage})" if stage == "replicating" else self._label
+        peers = ""
+        if "sending" in data:
+            n = data["sending"]
+            peers = f"{n} peer{'' if n == 1 else 's'}"
+            self._peer_rows = list(data.get("peers", []))
+        self._bar.update(self._task("main", self._label), completed=data.get("done", 0),
+                         total=data.get("total"), description=description, peers=peers)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

@@ -90,12 +90,18 @@ class ControlServer:
     ) -> None:
         """Run one operation; if the client goes away (Ctrl-C), cancel it."""
         last = 0.0
+        stage: object = None
 
         def emit(kind: str, data: dict[str, Any]) -> None:
-            nonlocal last
+            nonlocal last, stage
             now = time.monotonic()
-            if kind == "progress" and now - last < PROGRESS_INTERVAL:
-                return
+            if kind == "progress":
+                # Throttled, but a change of stage and the last step always go out.
+                changed = data.get("stage") != stage
+                final = data.get("total") is not None and data.get("done") == data.get("total")
+                if now - last < PROGRESS_INTERVAL and not (changed or final):
+                    return
+                stage = data.get("stage")
             last = now
             writer.write(encode_frame(m.encode(m.ControlEvent(msg.req, kind, data))))
 

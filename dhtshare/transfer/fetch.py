@@ -106,7 +106,7 @@ class Fetch:
         self.output = output
         self.cwd = cwd
         self.force = force
-        self.progress: Progress = progress or (lambda _d, _t: None)
+        self.progress: Progress = progress or (lambda _d, _t, _p: None)
 
     async def run(self) -> FetchResult:
         """Fetch the file; everything started for it has ended when this returns."""

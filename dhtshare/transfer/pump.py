@@ -135,7 +135,7 @@ class Pump:
                 activity("chunk_verified", "chunk %d from %s verified and written", index,
                          self.label, peer=self.label, chunk=index, bytes=size,
                          manifest=dl.manifest.hash.hex())
-                dl.stored(index, size)
+                dl.stored(index, size, self.label)
             case ChunkRejected(req=req, index=index):
                 inflight.pop(req, None)
                 activity("chunk_rejected", "chunk %d from %s failed verification", index,

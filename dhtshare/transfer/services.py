@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from dhtshare.config import Config
 from dhtshare.core.manifest import Manifest
@@ -15,8 +15,10 @@ from dhtshare.disk.store import ContentStore
 from dhtshare.net.peers import PeerPool
 
 Address = tuple[str, int]
-#: Called with (bytes verified so far, file size) after every verified chunk.
-Progress = Callable[[int, int], None]
+#: Called with (bytes verified so far, file size, who sends) after every verified chunk;
+#: who sends: ``{"sending": peers sending now, "peers": [{"address", "bytes",
+#: "chunks", "rate"}, ...]}`` (the fastest few peers).
+Progress = Callable[[int, int, dict[str, Any]], None]
 
 
 class FetchServices(Protocol):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from dhtshare.core.manifest import Manifest
 from dhtshare.core.picker import Picker
@@ -13,6 +15,34 @@ from dhtshare.errors import DhtshareError
 from dhtshare.net.transport import Connection
 from dhtshare.transfer.manifest_source import PeerBook
 from dhtshare.transfer.services import Address, FetchServices, Progress
+
+#: A peer whose last chunk came this recently counts as sending now.
+SENDING_WINDOW = 3.0
+#: Progress reports name at most this many peers (the fastest).
+PROGRESS_PEERS = 16
+
+
+@dataclass
+class PeerTally:
+    """What one peer delivered in this download: verified chunks and their bytes."""
+
+    bytes: int = 0
+    chunks: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+    def add(self, size: int, now: float) -> None:
+        if not self.chunks:
+            self.first = now
+        self.bytes += size
+        self.chunks += 1
+        self.last = now
+
+    def rate(self, now: float) -> float:
+        """Bytes per second since its first chunk (0 once it stopped sending)."""
+        if now - self.last > SENDING_WINDOW:
+            return 0.0
+        return self.bytes / max(now - self.first, 0.5)
 
 
 @dataclass(eq=False)
@@ -34,6 +64,8 @@ class Download:
     done_bytes: int
     downloaded: int = 0
     peers_bytes: dict[str, int] = field(default_factory=dict)
+    #: Per peer label: the verified chunks it delivered (for the progress display).
+    tallies: dict[str, PeerTally] = field(default_factory=dict)
     #: Set on completion or on a fatal error.
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     fatal: DhtshareError | None = None
@@ -79,18 +111,31 @@ class Download:
         if conn_req is not None:
             conn_req[0].forget(conn_req[1])
 
-    def stored(self, index: int, size: int) -> None:
-        """Chunk ``index`` (``size`` bytes) was verified and written."""
+    def stored(self, index: int, size: int, peer: str | None = None) -> None:
+        """Chunk ``index`` (``size`` bytes, from ``peer``) was verified and written."""
         picker = self.picker
         if picker.has(index):
             return
-        for peer in picker.received(index):
-            self.forget(peer, index)
+        if peer is not None:
+            self.tallies.setdefault(peer, PeerTally()).add(size, time.monotonic())
+        for addr in picker.received(index):
+            self.forget(addr, index)
         self.done_bytes += size
         first = not self.verified_any
         self.verified_any = True
         self.services.chunk_verified(self.manifest, index, first)
-        self.progress(self.done_bytes, self.manifest.size)
+        self.progress(self.done_bytes, self.manifest.size, self.senders())
         if picker.complete:
             self.finished.set()
             self.wake_all()
+
+    def senders(self) -> dict[str, Any]:
+        """Who sends: how many peers now, and the fastest few with their tallies."""
+        now = time.monotonic()
+        rows = sorted(((t.rate(now), label, t) for label, t in self.tallies.items()),
+                      key=lambda r: (-r[0], r[1]))
+        return {
+            "sending": sum(1 for r in rows if r[0] > 0),
+            "peers": [{"address": label, "bytes": t.bytes, "chunks": t.chunks,
+                       "rate": round(rate)} for rate, label, t in rows[:PROGRESS_PEERS]],
+        }

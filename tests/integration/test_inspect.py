@@ -50,3 +50,17 @@ def test_ls_and_peers_after_a_fetch(cluster: Cluster, tmp_path: Path) -> None:
     text = run_cli("peers", "--data-dir", str(fetcher.data_dir))
     assert text.returncode == 0
     assert "outbound" in text.stdout
+
+
+def test_status_tells_links_limits_transfers_and_repair(cluster: Cluster) -> None:
+    (node,) = cluster.start(1)
+    st = cli_json("status", "--data-dir", str(node.data_dir))
+    assert st["port"] == node.port
+    assert set(st["peers_connected"]) == {"inbound", "outbound"}
+    assert st["limits"] == {"upload": 0, "download": 0}
+    assert st["transfers"] == []
+    assert set(st["repair"]) == {"copies_made", "files_short"}
+    assert st["metrics"] is None
+    assert len(st["fingerprint"]) > 16
+    text = run_cli("status", "--data-dir", str(node.data_dir))
+    assert "peers:" in text.stdout

@@ -54,8 +54,8 @@ def test_json_activity_log_of_a_publish_and_a_fetch(cluster: Cluster, tmp_path: 
 
 
 def test_a_bad_log_option_is_a_one_line_error(tmp_path: Path) -> None:
-    for flags, word in ((["--log-format", "xml"], "log format"),
-                        (["--log-level", "chatty"], "log level")):
+    for flags, word in ((["--log-format", "xml"], "log_format"),
+                        (["--log-level", "chatty"], "log_level")):
         res = run_cli("bootstrap", "--port", "0", "--host", "127.0.0.1", "--data-dir",
                       str(tmp_path / "d"), *flags, timeout=30)
         assert res.returncode != 0
