@@ -226,7 +226,7 @@ def limit(
         return
 
     def shown(rate: int) -> str:
-        return "no limit" if not rate else f"{rate / 1e6:g} MB/s ({rate} bytes/s)"
+        return "no limit" if not rate else f"{rate / 2**20:.4g} MiB/s ({rate} bytes/s)"
 
     print(f"upload:   {shown(result['upload'])}")
     print(f"download: {shown(result['download'])}")

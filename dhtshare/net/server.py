@@ -376,6 +376,9 @@ class ChunkServer:
             for conn in list(self._subscribers.get(manifest, ())):
                 for i in range(0, len(indices), m.MAX_HAVE_BATCH):
                     conn.send(m.HaveUpdate(manifest, tuple(indices[i : i + m.MAX_HAVE_BATCH])))
+                activity("chunk_map_update_sent", "told %s of %d new chunks", conn.label,
+                         len(indices), peer=conn.label, chunks=len(indices),
+                         manifest=manifest.hex())
 
     def close(self) -> None:
         self.stop_listening()

@@ -88,6 +88,8 @@ async def run_worker(dl: Download, addr: Address, node_id: bytes | None = None) 
 
 
 def _on_have(dl: Download, addr: Address, indices: tuple[int, ...]) -> None:
+    activity("chunk_map_update_received", "%s has %d new chunks", label(addr), len(indices),
+             peer=label(addr), chunks=len(indices), manifest=dl.manifest.hash.hex())
     n = dl.manifest.chunk_count
     for i in indices:
         if i < n:

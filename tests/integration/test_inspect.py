@@ -64,3 +64,18 @@ def test_status_tells_links_limits_transfers_and_repair(cluster: Cluster) -> Non
     assert len(st["fingerprint"]) > 16
     text = run_cli("status", "--data-dir", str(node.data_dir))
     assert "peers:" in text.stdout
+
+
+def test_remove_stops_sharing_and_keeps_the_users_file(cluster: Cluster, tmp_path: Path) -> None:
+    _boot, holder = cluster.start(2)
+    src = make_file(tmp_path / "mine.bin", 300_000, seed=8)
+    h = publish(holder, src, "--replicas", "0", "--chunk-size", "64K")
+    result = cli_json("remove", h, "--data-dir", str(holder.data_dir))
+    assert result["hash"] == h
+    assert result["removed"] is True
+    assert Path(result["path"]) == src
+    assert src.exists()  # a user's own file is never deleted
+    assert cli_json("ls", "--data-dir", str(holder.data_dir))["files"] == []
+    again = run_cli("remove", h, "--data-dir", str(holder.data_dir))
+    assert again.returncode != 0
+    assert "Traceback" not in again.stderr
