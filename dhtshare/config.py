@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -90,3 +91,6 @@ class Config:
     #: Benchmarks only: peer links in plaintext, unauthenticated (both ends must
     #: agree).  Set by ``DHTSHARE_BENCH_PLAINTEXT_LINKS=1``; there is no flag.
     plaintext_links: bool = False
+    #: Where each setting came from, as ``dhtshare config show`` tells it:
+    #: (name, value as JSON, source), filled by the command that started the node.
+    sources: tuple[tuple[str, Any, str], ...] = ()

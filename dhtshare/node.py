@@ -122,6 +122,7 @@ class Node:
             undo.pop_all()
         data.write_info(config.host, port)
         node.spawn(node.upkeep.join_then_serve())
+        node.spawn(node._sample_links())
         log.info("node %s listening on %s:%d", short(node.node_id), config.host, port)
         return node
 
@@ -157,6 +158,14 @@ class Node:
         self.store.close()
         self.data.close()
         await asyncio.sleep(0)
+
+    async def _sample_links(self) -> None:
+        """Once a second, note each link's byte counts: ``peers`` shows current rates."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for conn in (*self.server.inbound_links(), *self.pool.connections()):
+                conn.sample(now)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task this node owns (cancelled and awaited on stop).

@@ -27,6 +27,7 @@ from dhtshare.disk.datadir import DataDir
 from dhtshare.disk.hashing import hash_file
 from dhtshare.errors import (
     ConfigError,
+    DhtshareError,
     NotFoundError,
     ReplicationShort,
     StorageError,
@@ -59,6 +60,9 @@ class NodeParts(FetchServices, Protocol):
 
 log = logging.getLogger(__name__)
 
+#: ``ls --holders``: lookups at once, and how long each may take.
+LS_LOOKUPS = 8
+LS_LOOKUP_TIMEOUT = 10.0
 #: ``status`` counts the contacts heard from within this many seconds.
 RECENT_CONTACT = 600.0
 MAX_REPLICAS = 64
@@ -206,6 +210,8 @@ class StatusResult:
     peers_connected: Json | None = None
     #: Downloads under way (their part files).
     transfers: list[str] | None = None
+    #: Fetches under way: hash, done, total, rate (bytes/s since start), peers sending.
+    transfer_rates: list[Json] | None = None
     #: Bandwidth limits in force (bytes per second; 0: none).
     limits: Json | None = None
     #: Repair: copies made so far, files still short of copies.
@@ -303,6 +309,22 @@ class Operations:
 
     def __init__(self, node: NodeParts) -> None:
         self.node = node
+        #: Fetches and pins under way, by manifest hash (hex): what ``status`` shows.
+        self.transfers: dict[str, Json] = {}
+
+    def _track(self, h: bytes, kind: str) -> Callable[[int, int, dict[str, Any]], None]:
+        """A progress callback that keeps this transfer's numbers for ``status``."""
+        started = time.monotonic()
+        row: Json = {"hash": h.hex(), "kind": kind, "done": 0, "total": 0, "rate": 0,
+                     "peers_sending": 0}
+        self.transfers[h.hex()] = row
+
+        def seen(done: int, total: int, senders: dict[str, Any]) -> None:
+            age = max(time.monotonic() - started, 1e-3)
+            row.update(done=done, total=total, rate=round(done / age),
+                       peers_sending=senders.get("sending", 0))
+
+        return seen
 
     def handlers(self) -> dict[str, OpHandler]:
         async def status(a: Json, emit: Emit) -> Json:
@@ -311,7 +333,13 @@ class Operations:
         async def peers(a: Json, emit: Emit) -> Json:
             return self.peers().to_json()
 
+        async def config(a: Json, emit: Emit) -> Json:
+            return {"settings": [{"name": n, "value": v, "source": src}
+                                 for n, v, src in self.node.config.sources]}
+
         async def ls(a: Json, emit: Emit) -> Json:
+            if a.get("holders") is True:
+                return (await self.ls_holders(emit)).to_json()
             return self.ls().to_json()
 
         return {
@@ -325,6 +353,7 @@ class Operations:
             "limit": _served(LimitArgs.from_wire, self.limit),
             "peers": peers,
             "ls": ls,
+            "config": config,
         }
 
     # -- sharing ---------------------------------------------------------------------------
@@ -394,7 +423,10 @@ class Operations:
     async def fetch(self, args: FetchArgs, emit: Emit | None = None) -> FetchResult:
         """Download a file by its manifest hash, verified, then provide it."""
 
+        track = self._track(args.hash, "fetch")
+
         def progress(done: int, total: int, senders: dict[str, Any]) -> None:
+            track(done, total, senders)
             if emit is not None:
                 emit("progress", {"done": done, "total": total, "stage": "fetching", **senders})
 
@@ -402,7 +434,11 @@ class Operations:
         log.info("fetching %s", short(args.hash),
                  extra={"event": "fetch_started", "manifest": args.hash.hex()})
         await node.upkeep.wait_joined(emit)
-        result = await Fetch(node, args.hash, args.output, args.cwd, args.force, progress).run()
+        try:
+            result = await Fetch(node, args.hash, args.output, args.cwd, args.force,
+                                 progress).run()
+        finally:
+            self.transfers.pop(args.hash.hex(), None)
         log.info("fetched %s (%s, %d bytes) from %d peers in %.2f s", short(args.hash),
                  result.manifest.name, result.manifest.size, len(result.peers), result.elapsed,
                  extra={"event": "fetch_finished", "manifest": args.hash.hex(),
@@ -444,6 +480,7 @@ class Operations:
             peers_connected={"inbound": len(node.server.inbound_links()),
                              "outbound": len(node.pool.connections())},
             transfers=sorted(str(p) for p in node.active_parts),
+            transfer_rates=list(self.transfers.values()),
             limits=self._limits(),
             repair={"copies_made": node.dht.stats.repair_copies,
                     "files_short": sum(1 for v in node.dht.stats.deficits.values() if v)},
@@ -467,6 +504,7 @@ class Operations:
         for conn, direction in links:
             hello, age = conn.peer_hello, max(now - conn.opened_at, 1e-3)
             key = conn.peer_key
+            send_rate, receive_rate = conn.rates(now)
             out.append({
                 "address": conn.label, "direction": direction,
                 "node_id": hello.node_id.hex() if hello is not None else None,
@@ -474,8 +512,7 @@ class Operations:
                 "fingerprint": fingerprint(key) if key is not None else None,
                 "encrypted": key is not None,
                 "bytes_sent": conn.bytes_sent, "bytes_received": conn.bytes_received,
-                "send_rate": round(conn.bytes_sent / age), "receive_rate":
-                    round(conn.bytes_received / age),
+                "send_rate": round(send_rate), "receive_rate": round(receive_rate),
                 "requests_in_flight": len(conn.session.outstanding),
                 "serving": conn.session.incoming, "age": round(age, 1)})
         return PeersResult(out)
@@ -495,6 +532,32 @@ class Operations:
                 "for": e.origin or None, "path": str(e.path)})
         files.sort(key=lambda f: (f["kind"], f["name"]))
         return ListResult(files)
+
+    async def ls_holders(self, emit: Emit | None = None) -> ListResult:
+        """:meth:`ls`, with each file's live holders from the DHT and when they last announced.
+
+        One lookup per file, a few at a time, each bounded in time; a file
+        whose lookup fails or times out shows ``holders: null``.
+        """
+        listing = self.ls()
+        node = self.node
+        await node.upkeep.wait_joined(emit)
+        gate = asyncio.Semaphore(LS_LOOKUPS)
+
+        async def one(f: Json) -> None:
+            async with gate:
+                try:
+                    async with asyncio.timeout(LS_LOOKUP_TIMEOUT):
+                        records = await node.find_providers(bytes.fromhex(f["hash"]))
+                except (TimeoutError, DhtshareError):
+                    f["holders"], f["last_seen_ago"] = None, None
+                    return
+            f["holders"] = len(records) + 1  # and this node
+            ages = [max(0.0, r.signed_ttl - r.ttl) for r in records if r.signed_ttl]
+            f["last_seen_ago"] = round(min(ages), 1) if ages else None
+
+        await asyncio.gather(*(one(f) for f in listing.files))
+        return listing
 
     async def holders(self, args: HashArgs, emit: Emit) -> HoldersResult:
         """Who holds which chunks of a file, asked of every provider directly."""

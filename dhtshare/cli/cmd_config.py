@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -16,37 +14,40 @@ app = typer.Typer(help="The node's configuration: DATA_DIR/config.toml, the envi
                   "defaults.", no_args_is_help=True, add_completion=False)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple):
-        return [f"{h}:{p}" if isinstance(h, str) else _plain(h) for h, p in value]
-    return value
-
-
 @app.command("show")
 def show(data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
     """Print every setting a node started on the data dir would use, and where it came from.
 
     Sources, strongest first: a flag given to 'dhtshare node' or 'bootstrap',
     the environment ($DHTSHARE_<NAME>), DATA_DIR/config.toml (its line), the
-    default.  This command sees no node flags, so it shows the other three.
+    default.  With a node running on the data dir, it shows what that node
+    runs with (its flags too); otherwise what a node started now would use.
 
     Example: dhtshare config show --data-dir ~/.local/share/dhtshare
     """
-    from dhtshare.cli.settings import resolve
+    from dhtshare.cli.common import via_control
+    from dhtshare.cli.render import Progress
+    from dhtshare.cli.settings import plain, resolve
 
     setup_logging(0)
     try:
-        settings = resolve(resolve_data_dir(data_dir), {})
+        ddir = resolve_data_dir(data_dir)
+        running = via_control(ddir, "config", {}, Progress("", False))
+        if running is not None and not running["settings"]:
+            running = None  # a node started without a record of its sources (in-process)
+        if running is not None:  # the node on this data dir: what it runs with, flags too
+            rows = [(x["name"], x["value"], x["source"]) for x in running["settings"]]
+        else:
+            rows = [(k, plain(r.value), r.source) for k, r in resolve(ddir, {}).items()]
     except DhtshareError as err:
         fail(str(err), err.exit_code)
     if json_out:
-        print(json.dumps({k: {"value": _plain(r.value), "source": r.source}
-                          for k, r in settings.items()}))
+        print(json.dumps({"running": running is not None,
+                          "settings": {k: {"value": v, "source": src} for k, v, src in rows}}))
         return
-    width = max(len(k) for k in settings)
-    for name, r in settings.items():
-        value = _plain(r.value)
+    if running is None:
+        print("# no node runs on this data dir: what one started now would use")
+    width = max(len(k) for k, _, _ in rows)
+    for name, value, source in rows:
         shown = "-" if value in (None, [], "") else value
-        print(f"{name:<{width}}  {shown!s:<24}  {r.source}")
+        print(f"{name:<{width}}  {shown!s:<24}  {source}")

@@ -77,7 +77,7 @@ def _serve(ctx: typer.Context, data_dir: Path | None, verbose: int, bootstrap: b
     """Run a node with its settings layered: flags > environment > config.toml > defaults."""
     from dataclasses import replace
 
-    from dhtshare.cli.settings import resolve
+    from dhtshare.cli.settings import plain, resolve
 
     try:
         ddir = resolve_data_dir(data_dir)
@@ -95,7 +95,9 @@ def _serve(ctx: typer.Context, data_dir: Path | None, verbose: int, bootstrap: b
                          provider_ttl=v["provider_ttl"],
                          reannounce_interval=v["reannounce_interval"],
                          repair_interval=v["repair_interval"],
-                         handoff_timeout=v["handoff_timeout"], join_wait=v["join_wait"])
+                         handoff_timeout=v["handoff_timeout"], join_wait=v["join_wait"],
+                         sources=tuple((name, plain(r.value), r.source)
+                                       for name, r in settings.items()))
     except DhtshareError as err:
         fail(str(err), err.exit_code)
 
@@ -165,7 +167,13 @@ def node(
     _serve(ctx, data_dir, verbose, bootstrap=False)
 
 
-def ls(data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
+def ls(
+    data_dir: DataDirOpt = None,
+    holders: Annotated[bool, typer.Option(
+        "--holders", help="Also ask the DHT how many nodes hold each file now and when "
+        "one last announced it (a lookup per file).")] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """List what the node on the data dir holds: published, fetched, pinned, replicas.
 
     One line per file: its kind, name, size, chunks held of all, and manifest
@@ -176,14 +184,14 @@ def ls(data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
     from dhtshare.cli.render import show_ls
 
     setup_logging(0)
-    show_ls(node_op(data_dir, "ls", {}, ""), json_out)
+    show_ls(node_op(data_dir, "ls", {"holders": holders}, ""), json_out)
 
 
 def peers(data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
     """List the node's peer links open now: who, which way, bytes and rate each way.
 
     Links are encrypted; "IN FLIGHT" counts this node's requests waiting on
-    that peer.  Rates are averages over each link's life.
+    that peer.  Rates are over the last five seconds.
 
     Example: dhtshare peers
     """

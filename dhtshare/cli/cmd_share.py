@@ -35,6 +35,9 @@ from dhtshare.cli.options import (
     HashArg,
     HostOpt,
     JsonOpt,
+    LogFileOpt,
+    LogFormatOpt,
+    LogLevelOpt,
     PeerOpt,
     PortOpt,
     QuietOpt,
@@ -117,6 +120,9 @@ def publish(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     show_peers: ShowPeersOpt = False,
+    log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
+    log_file: LogFileOpt = None,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Share FILE: print its manifest hash (the last line of stdout).
@@ -129,7 +135,7 @@ def publish(
 
     Example: dhtshare publish movie.mkv --replicas 2
     """
-    setup_logging(verbose)
+    setup_logging(verbose, level=log_level, fmt=log_format, path=log_file)
     from dhtshare.core.manifest import check_chunk_size
     from dhtshare.core.netaddr import parse_size
 
@@ -208,6 +214,9 @@ def fetch(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     show_peers: ShowPeersOpt = False,
+    log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
+    log_file: LogFileOpt = None,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Download a file by its manifest hash, verifying every chunk.
@@ -218,7 +227,7 @@ def fetch(
 
     Example: dhtshare fetch 3f7c...e91a -o movie.mkv
     """
-    setup_logging(verbose)
+    setup_logging(verbose, level=log_level, fmt=log_format, path=log_file)
     try:
         from dhtshare.core.ids import parse_manifest_hash
 

@@ -68,8 +68,10 @@ def show_status(result: dict[str, Any], json_out: bool) -> None:
     if limits.get("upload") or limits.get("download"):
         print(f"  limits: upload {limits['upload'] or 'none'}, download "
               f"{limits['download'] or 'none'} bytes/s")
-    for part in result.get("transfers") or []:
-        print(f"  downloading {part}")
+    for t in result.get("transfer_rates") or []:
+        pct = 100 * t["done"] // t["total"] if t["total"] else 0
+        print(f"  {t['kind']}ing {t['hash'][:16]}  {pct}% of {t['total']} bytes at "
+              f"{t['rate']} bytes/s from {t['peers_sending']} peers")
     if result.get("metrics"):
         print(f"  metrics {result['metrics']}")
     for item in result["content"]:
@@ -104,6 +106,16 @@ def show_ls(result: dict[str, Any], json_out: bool) -> None:
     files = result["files"]
     if not files:
         print("this node holds nothing yet (dhtshare publish FILE, or dhtshare fetch HASH)")
+        return
+    if "holders" in files[0]:
+        def seen(f: dict[str, Any]) -> str:
+            return "?" if f["last_seen_ago"] is None else f"{f['last_seen_ago']:.0f} s ago"
+
+        table([[f["kind"], f["name"], size_text(f["size"]),
+                f"{f['chunks_held']}/{f['chunks']}",
+                "?" if f["holders"] is None else str(f["holders"]), seen(f), f["hash"]]
+               for f in files],
+              ["KIND", "NAME", "SIZE", "CHUNKS", "HOLDERS", "LAST ANNOUNCED", "MANIFEST HASH"])
         return
     table([[f["kind"], f["name"], size_text(f["size"]), f"{f['chunks_held']}/{f['chunks']}",
             f["hash"]] for f in files], ["KIND", "NAME", "SIZE", "CHUNKS", "MANIFEST HASH"])

@@ -126,6 +126,15 @@ BY_NAME = {s.name: s for s in SETTINGS}
 ALIASES = {"reannounce_interval": "DHTSHARE_REANNOUNCE"}
 
 
+def plain(value: Any) -> Any:
+    """A setting's value as JSON: paths as text, peers as "HOST:PORT"."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [f"{h}:{p}" for h, p in value]
+    return value
+
+
 @dataclass(frozen=True)
 class Resolved:
     value: Any
@@ -191,4 +200,5 @@ def resolve(data_dir: Path, given: dict[str, Any],
     return out
 
 
-__all__ = ["BY_NAME", "CONFIG_FILE", "SETTINGS", "Resolved", "Setting", "read_file", "resolve"]
+__all__ = ["BY_NAME", "CONFIG_FILE", "SETTINGS", "Resolved", "Setting", "plain", "read_file",
+           "resolve"]

@@ -22,6 +22,7 @@ benchmarking switch (``link=None``) sends plaintext, with ``sendfile``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -78,6 +79,8 @@ HANDSHAKE_TIMEOUT = 10.0
 OUTGOING_CAP = 64 * 1024 * 1024
 #: How long a writer waits for a peer that stopped reading before dropping it.
 WRITE_STALL_TIMEOUT = 60.0
+#: Byte-count samples kept per link: rates are over the last RATE_SAMPLES - 1 seconds.
+RATE_SAMPLES = 6
 #: Most bytes read at once while a download limit is set.
 LIMITED_READ = 64 * 1024
 #: A link with nothing in flight either way for this long is closed (it is
@@ -136,6 +139,9 @@ class Connection(asyncio.BufferedProtocol):
         self.bytes_sent = 0
         #: When the link was opened (``time.monotonic()``), for rates.
         self.opened_at = time.monotonic()
+        #: (time, bytes sent, bytes received) samples, a second apart (see :meth:`sample`).
+        self._samples: collections.deque[tuple[float, int, int]] = collections.deque(
+            [(self.opened_at, 0, 0)], maxlen=RATE_SAMPLES)
         self._active = True  # bytes moved since the idle timer last looked
         self.transport: asyncio.Transport | None = None
         self.peername: tuple[str, int] = ("?", 0)
@@ -264,6 +270,10 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         reason = self.close_reason or (f"connection lost: {exc}" if exc else "connection closed")
         self.close_reason = reason
+        if self.peer_hello is not None:
+            log.info("peer %s disconnected: %s", self.label, reason,
+                     extra={"event": "peer_disconnected", "peer": self.label,
+                            "node": self.peer_hello.node_id.hex(), "reason": reason})
         self.session.close()
         if self._deadline is not None:
             self._deadline.cancel()
@@ -312,6 +322,10 @@ class Connection(asyncio.BufferedProtocol):
                 if listener is not None:
                     listener(msg.indices)
             case HandshakeDone(hello):
+                log.info("peer %s (node %s) connected, %s", self.label, hello.node_id.hex()[:16],
+                         "outbound" if self.initiator else "inbound",
+                         extra={"event": "peer_connected", "peer": self.label,
+                                "node": hello.node_id.hex()})
                 if self._deadline is not None:
                     self._deadline.cancel()
                 if not self._handshake.done():
@@ -446,6 +460,16 @@ class Connection(asyncio.BufferedProtocol):
             for data in held:
                 transport.write(data)
                 self._sent(len(data))
+
+    def sample(self, now: float) -> None:
+        """Note the byte counts now (called about once a second by the node)."""
+        self._samples.append((now, self.bytes_sent, self.bytes_received))
+
+    def rates(self, now: float) -> tuple[float, float]:
+        """Bytes per second sent and received over the last few seconds."""
+        t0, sent0, received0 = self._samples[0]
+        age = max(now - t0, 1e-3)
+        return (self.bytes_sent - sent0) / age, (self.bytes_received - received0) / age
 
     def _sent(self, nbytes: int, charged: int = 0) -> None:
         """Count bytes handed to the transport; the limiter takes those not taken before."""

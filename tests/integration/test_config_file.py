@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(60)
 def show(data_dir: Path, env: dict[str, str] | None = None) -> dict[str, dict[str, object]]:
     res = run_cli("config", "show", "--data-dir", str(data_dir), "--json", env=cli_env(env))
     assert res.returncode == 0, res.stderr
-    out: dict[str, dict[str, object]] = json.loads(res.stdout)
+    out: dict[str, dict[str, object]] = json.loads(res.stdout)["settings"]
     return out
 
 
@@ -64,5 +64,11 @@ def test_a_flag_beats_the_environment_and_the_file(tmp_path: Path) -> None:
         assert node.port == flag_port
         status = run_cli("status", "--data-dir", str(d), "--json")
         assert json.loads(status.stdout)["port"] == flag_port
+        # config show asks the running node, which knows its flags and their sources
+        res = run_cli("config", "show", "--data-dir", str(d), "--json")
+        shown = json.loads(res.stdout)
+        assert shown["running"] is True
+        assert shown["settings"]["port"] == {"value": flag_port, "source": "flag --port"}
+        assert shown["settings"]["metrics_host"]["source"] == f"{d}/config.toml:2"
     finally:
         node.stop()

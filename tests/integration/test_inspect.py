@@ -31,6 +31,10 @@ def test_ls_and_peers_after_a_fetch(cluster: Cluster, tmp_path: Path) -> None:
         ("published", h, 9, 9)]
     got = cli_json("ls", "--data-dir", str(fetcher.data_dir))["files"]
     assert [(f["kind"], f["name"]) for f in got] == [("fetched", "shown.bin")]
+    with_holders = cli_json("ls", "--holders", "--data-dir", str(fetcher.data_dir))["files"]
+    assert with_holders[0]["holders"] >= 2  # the holder, and this node
+    assert with_holders[0]["last_seen_ago"] is not None
+    assert with_holders[0]["last_seen_ago"] < 120
 
     links = cli_json("peers", "--data-dir", str(fetcher.data_dir))["peers"]
     to_holder = [p for p in links if p["node_id"] and p["listen_port"] == holder.port]
@@ -59,6 +63,7 @@ def test_status_tells_links_limits_transfers_and_repair(cluster: Cluster) -> Non
     assert set(st["peers_connected"]) == {"inbound", "outbound"}
     assert st["limits"] == {"upload": 0, "download": 0}
     assert st["transfers"] == []
+    assert st["transfer_rates"] == []
     assert set(st["repair"]) == {"copies_made", "files_short"}
     assert st["metrics"] is None
     assert len(st["fingerprint"]) > 16

@@ -43,7 +43,7 @@ def test_json_activity_log_of_a_publish_and_a_fetch(cluster: Cluster, tmp_path: 
         assert {"ts", "level", "logger", "msg"} <= line.keys()
     events = {str(x.get("event")) for x in got}
     assert {"chunk_requested", "chunk_verified", "chunk_map_received", "dht_lookup",
-            "fetch_started", "fetch_finished"} <= events, events
+            "fetch_started", "fetch_finished", "peer_connected"} <= events, events
     verified = [x for x in got if x.get("event") == "chunk_verified"]
     assert sorted(int(str(x["chunk"])) for x in verified) == [0, 1, 2]
     assert all(x.get("peer") == holder.addr for x in verified)
