@@ -11,7 +11,9 @@ lookup.  Each names its event and fields, so the JSON form
      "event": "chunk_verified", "peer": "10.0.0.2:7000", "chunk": 17, "msg": "..."}
 
 It checks ``isEnabledFor(DEBUG)`` first, so the hot path pays one call when
-nobody asked for the activity log.  Every floor may use it.
+nobody asked for the activity log; pass hashes as bytes (the JSON formatter
+writes them in hex), so no text is made for a line nobody reads.  Every
+floor may use it.
 """
 
 from __future__ import annotations

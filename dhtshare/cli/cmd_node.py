@@ -91,13 +91,8 @@ def _serve(ctx: typer.Context, data_dir: Path | None, verbose: int, bootstrap: b
         config = build_config(ddir, v["host"], v["port"], () if bootstrap else v["peers"],
                               v["advertise"], LONG_RUNNING_JOIN, str(v["max_upload_rate"]),
                               str(v["max_download_rate"]), v["metrics_port"], v["metrics_host"])
-        config = replace(config, max_storage=v["max_storage"],
-                         provider_ttl=v["provider_ttl"],
-                         reannounce_interval=v["reannounce_interval"],
-                         repair_interval=v["repair_interval"],
-                         handoff_timeout=v["handoff_timeout"], join_wait=v["join_wait"],
-                         sources=tuple((name, plain(r.value), r.source)
-                                       for name, r in settings.items()))
+        sources = tuple((name, plain(r.value), r.source) for name, r in settings.items())
+        config = replace(config, max_storage=v["max_storage"], sources=sources)
     except DhtshareError as err:
         fail(str(err), err.exit_code)
 

@@ -107,9 +107,11 @@ def build_config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, i
                  metrics_port: int = 0, metrics_host: str = "127.0.0.1") -> Config:
     """The node's :class:`~dhtshare.config.Config` from flags and the environment.
 
-    Timings have no flags: the ``DHTSHARE_*`` variables set them (the tests,
-    the benchmarks and the docker network shorten them).
+    Timings have no flags: ``DHTSHARE_*`` variables or ``config.toml`` set them
+    (the tests, the benchmarks and the docker network shorten them), read
+    through the one settings table, :mod:`dhtshare.cli.settings`.
     """
+    from dhtshare.cli.settings import TIMINGS, resolve
     from dhtshare.config import Config
 
     if not 0 <= port < 65536:
@@ -117,17 +119,8 @@ def build_config(data_dir: Path, host: str, port: int, peers: tuple[tuple[str, i
     if host == "0.0.0.0" and advertise in ("0.0.0.0", "127.0.0.1"):
         raise ConfigError("--advertise must be an address other hosts can reach")
     env = os.environ
-    kw: dict[str, Any] = {}
-    for name, key in (("provider_ttl", "DHTSHARE_PROVIDER_TTL"),
-                      ("reannounce_interval", "DHTSHARE_REANNOUNCE"),
-                      ("repair_interval", "DHTSHARE_REPAIR_INTERVAL"),
-                      ("handoff_timeout", "DHTSHARE_HANDOFF_TIMEOUT"),
-                      ("join_wait", "DHTSHARE_JOIN_WAIT")):
-        if key in env:
-            try:
-                kw[name] = float(env[key])
-            except ValueError as err:
-                raise ConfigError(f"{key} must be a number of seconds") from err
+    kw: dict[str, Any] = {name: r.value for name, r in resolve(data_dir, {}).items()
+                          if name in TIMINGS}
     plain = env.get("DHTSHARE_BENCH_PLAINTEXT_LINKS", "")
     if plain not in ("", "0", "1"):
         raise ConfigError("DHTSHARE_BENCH_PLAINTEXT_LINKS must be 0 or 1")

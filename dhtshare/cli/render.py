@@ -99,13 +99,21 @@ def table(rows: list[list[str]], header: list[str]) -> None:
                         for c, w, ra in zip(r, widths, right, strict=True)).rstrip())
 
 
-def show_ls(result: dict[str, Any], json_out: bool) -> None:
+def _listed(result: dict[str, Any], key: str, json_out: bool, empty: str) -> list[Any]:
+    """The rows of a listing to draw as a table; none when it went out as JSON or is empty."""
     if json_out:
         print(json.dumps(result), flush=True)
-        return
-    files = result["files"]
+        return []
+    rows: list[Any] = result[key]
+    if not rows:
+        print(empty)
+    return rows
+
+
+def show_ls(result: dict[str, Any], json_out: bool) -> None:
+    files = _listed(result, "files", json_out,
+                    "this node holds nothing yet (dhtshare publish FILE, or dhtshare fetch HASH)")
     if not files:
-        print("this node holds nothing yet (dhtshare publish FILE, or dhtshare fetch HASH)")
         return
     if "holders" in files[0]:
         def seen(f: dict[str, Any]) -> str:
@@ -122,12 +130,8 @@ def show_ls(result: dict[str, Any], json_out: bool) -> None:
 
 
 def show_peers(result: dict[str, Any], json_out: bool) -> None:
-    if json_out:
-        print(json.dumps(result), flush=True)
-        return
-    peers = result["peers"]
+    peers = _listed(result, "peers", json_out, "no peer links open now")
     if not peers:
-        print("no peer links open now")
         return
     table([[p["address"], (p["node_id"] or "?")[:16], p["direction"],
             size_text(p["bytes_sent"]), size_text(p["bytes_received"]),

@@ -122,6 +122,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("join_wait", None, _seconds, 30.0, "how long operations wait for a join"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
+#: The settings without a flag: Config fields that only the environment or the file set.
+TIMINGS = frozenset(s.name for s in SETTINGS if s.flag is None)
 #: Older variable names that still work.
 ALIASES = {"reannounce_interval": "DHTSHARE_REANNOUNCE"}
 
@@ -200,5 +202,5 @@ def resolve(data_dir: Path, given: dict[str, Any],
     return out
 
 
-__all__ = ["BY_NAME", "CONFIG_FILE", "SETTINGS", "Resolved", "Setting", "plain", "read_file",
-           "resolve"]
+__all__ = ["BY_NAME", "CONFIG_FILE", "SETTINGS", "TIMINGS", "Resolved", "Setting", "plain",
+           "read_file", "resolve"]

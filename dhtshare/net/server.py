@@ -228,7 +228,7 @@ class ChunkServer:
                 self._subscribers.setdefault(h, set()).add(conn)
                 conn.subscribed = True
                 activity("chunk_map_sent", "chunk map of %s sent to %s", h.hex()[:16],
-                         conn.label, peer=conn.label, manifest=h.hex(),
+                         conn.label, peer=conn.label, manifest=h,
                          chunks=entry.held_count())
                 if entry.complete:
                     conn.send(m.Have(req, True, b"", entry.durable, entry.replicas))
@@ -262,7 +262,7 @@ class ChunkServer:
                 self.bytes_served += length
                 self.chunks_served += 1
                 activity("chunk_sent", "chunk %d sent to %s", index, conn.label,
-                         peer=conn.label, chunk=index, bytes=length, manifest=h.hex())
+                         peer=conn.label, chunk=index, bytes=length, manifest=h)
                 return
             data = entry.read_chunk(index)
         except (OSError, StorageError) as err:
@@ -273,7 +273,7 @@ class ChunkServer:
         self.chunks_served += 1
         conn.send(m.Data(req), data)
         activity("chunk_sent", "chunk %d sent to %s", index, conn.label,
-                 peer=conn.label, chunk=index, bytes=len(data), manifest=h.hex())
+                 peer=conn.label, chunk=index, bytes=len(data), manifest=h)
 
     async def _put_manifest(self, conn: Connection, msg: m.PutManifest) -> None:
         req = msg.req
@@ -378,7 +378,7 @@ class ChunkServer:
                     conn.send(m.HaveUpdate(manifest, tuple(indices[i : i + m.MAX_HAVE_BATCH])))
                 activity("chunk_map_update_sent", "told %s of %d new chunks", conn.label,
                          len(indices), peer=conn.label, chunks=len(indices),
-                         manifest=manifest.hex())
+                         manifest=manifest)
 
     def close(self) -> None:
         self.stop_listening()

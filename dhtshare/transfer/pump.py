@@ -104,7 +104,7 @@ class Pump:
             msg = m.GetChunk(req, dl.manifest.hash, idx, dl.manifest.chunk_hash(idx))
             fut = conn.start_request(msg, req)
             activity("chunk_requested", "chunk %d requested from %s", idx, self.label,
-                     peer=self.label, chunk=idx, manifest=dl.manifest.hash.hex())
+                     peer=self.label, chunk=idx, manifest=dl.manifest.hash)
             self.inflight[req] = idx
             dl.requests[(self.addr, idx)] = (conn, req)
             fut.add_done_callback(functools.partial(self._replied, req, idx))
@@ -134,13 +134,13 @@ class Pump:
                 inflight.pop(req, None)
                 activity("chunk_verified", "chunk %d from %s verified and written", index,
                          self.label, peer=self.label, chunk=index, bytes=size,
-                         manifest=dl.manifest.hash.hex())
+                         manifest=dl.manifest.hash)
                 dl.stored(index, size, self.label)
             case ChunkRejected(req=req, index=index):
                 inflight.pop(req, None)
                 activity("chunk_rejected", "chunk %d from %s failed verification", index,
                          self.label, peer=self.label, chunk=index,
-                         manifest=dl.manifest.hash.hex())
+                         manifest=dl.manifest.hash)
                 log.warning("peer %s sent corrupt chunk %d; banned for this fetch",
                             self.label, index)
                 dl.ban(self.addr, self.node_id, self.conn)

@@ -59,7 +59,7 @@ async def run_worker(dl: Download, addr: Address, node_id: bytes | None = None) 
         held = None if have.complete else indices_from_bitfield(n, have.bitfield)
         activity("chunk_map_received", "%s holds %s of %d chunks", label(addr),
                  "all" if held is None else len(held), n, peer=label(addr),
-                 chunks=n if held is None else len(held), manifest=mh.hex())
+                 chunks=n if held is None else len(held), manifest=mh)
         dl.picker.add_peer(addr, held)
         dl.starting.discard(addr)
         dl.wake_all()
@@ -89,7 +89,7 @@ async def run_worker(dl: Download, addr: Address, node_id: bytes | None = None) 
 
 def _on_have(dl: Download, addr: Address, indices: tuple[int, ...]) -> None:
     activity("chunk_map_update_received", "%s has %d new chunks", label(addr), len(indices),
-             peer=label(addr), chunks=len(indices), manifest=dl.manifest.hash.hex())
+             peer=label(addr), chunks=len(indices), manifest=dl.manifest.hash)
     n = dl.manifest.chunk_count
     for i in indices:
         if i < n:

@@ -219,7 +219,7 @@ class Dht:
         )
         stored = sum(1 for ok, reply in results if ok and reply is True)
         activity("dht_announce", "announced %s to %d/%d DHT nodes", short(content_hash), stored,
-                 len(result.closest), manifest=content_hash.hex(), found=stored)
+                 len(result.closest), manifest=content_hash, found=stored)
         return stored
 
     async def withdraw(self, content_hash: bytes) -> int:
@@ -253,7 +253,7 @@ class Dht:
         found = [r for r in (await self.lookup_providers(content_hash, on_records)).records.values()
                  if r.node_id != self.node_id]
         activity("dht_lookup", "looked up %s: %d providers in %.0f ms", short(content_hash),
-                 len(found), (time.monotonic() - t0) * 1000, manifest=content_hash.hex(),
+                 len(found), (time.monotonic() - t0) * 1000, manifest=content_hash,
                  found=len(found), seconds=round(time.monotonic() - t0, 4))
         return found
 
