@@ -11,7 +11,10 @@
 #   wheels     pip wheel the project and its dependencies into docker/wheels (host pip)
 #   validate   docker compose config -q
 #   up         [ISOLATED: start dockerd, import a debootstrap base if needed], build, up --wait
+#   engine     [ISOLATED: install docker.io/debootstrap if missing, start dockerd] check the engine answers
 #   smoke      publish a generated file on node2, fetch it on node5, compare sha256
+#   compose ARGS...  run compose on this cluster's file and engine (e.g. 'compose ps',
+#              'compose --profile extra up -d --wait node6' for a sixth node joining via node3)
 #   status     compose ps and 'dhtshare status' of every node
 #   down [-v]  compose down (-v: drop the nodes' volumes) [ISOLATED: stop dockerd, remove its dirs]
 #   all        wheels, up, smoke, down -v; prints timings; always tears down
@@ -295,7 +298,7 @@ down() {
   [[ ${1:-} == -v || ${1:-} == --volumes ]] && vol=(--volumes)
   local t; t=$(now)
   if { [[ $ISOLATED != 1 ]] || [[ -S $ENG/docker.sock ]]; } && engine_alive; then
-    compose down --remove-orphans --timeout 10 "${vol[@]}"
+    compose --profile extra down --remove-orphans --timeout 10 "${vol[@]}"
     log "compose down: $(since "$t")"
   fi
   t=$(now)
@@ -354,6 +357,8 @@ cmd=${1:-}
 [[ $# -gt 0 ]] && shift
 case $cmd in
   wheels|validate|up|smoke|status|all|clean) "$cmd" ;;
+  engine) mkdir -p "$STATE"; engine_up ;;
+  compose) compose "$@" ;;
   down) down "$@" ;;
   -h|help) usage ;;
   *) usage >&2; exit 2 ;;
