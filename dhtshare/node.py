@@ -38,7 +38,7 @@ from dhtshare.net.dht.client import Dht
 from dhtshare.net.peers import PeerPool
 from dhtshare.net.ratelimit import Limiter
 from dhtshare.net.server import ChunkServer
-from dhtshare.net.transport import Connection, make_hello
+from dhtshare.net.transport import Connection, make_hello, source_host
 from dhtshare.ops import Operations
 from dhtshare.transfer.replication import Replicator
 from dhtshare.upkeep import Upkeep
@@ -112,7 +112,7 @@ class Node:
                 log.warning("peer links are PLAINTEXT and unauthenticated (benchmarking only)")
             port = await _bind(config, server, dht, data.node_id, closed, link)
             pool = PeerPool(make_hello(data.node_id, port), server, config.connect_timeout,
-                            closed, link, limiter)
+                            closed, link, limiter, source_host(config.host))
             undo.callback(pool.close_all)
             node = cls(config, data, store, server, dht, pool, port)
             if config.metrics_port:

@@ -28,8 +28,10 @@ class PeerPool:
         on_close: Callable[[Connection], None] | None = None,
         link: LinkSecurity | None = None,
         limiter: Limiter | None = None,
+        local_host: str | None = None,
     ) -> None:
         self._hello = hello
+        self._local_host = local_host
         self._link = link
         self._limiter = limiter
         self._handler = handler
@@ -66,7 +68,7 @@ class PeerPool:
     async def _connect(self, addr: Address, node_id: bytes | None) -> Connection:
         conn = await connect(addr[0], addr[1], self._hello, self._handler, self._timeout,
                              self._forget, link=self._link, expect=node_id,
-                             limiter=self._limiter)
+                             limiter=self._limiter, local_host=self._local_host)
         self._conns[addr] = conn
         return conn
 

@@ -49,6 +49,8 @@ MAX_QUEUED_BYTES = 64 * MIB
 MAX_INBOUND = 512
 #: Inbound links from one IP address at once: one host cannot take them all.
 MAX_INBOUND_PER_ADDRESS = 16
+#: A link quiet this long (seconds, nobody waiting on it) gives way to a new one at a limit.
+QUIET_EVICT = 5.0
 
 
 def _origin(conn: Connection) -> str:
@@ -137,14 +139,33 @@ class ChunkServer:
         return bound
 
     def _admit(self, conn: Connection) -> str | None:
-        """Why a new inbound link must be refused (its address is known now), or None."""
-        if len(self._inbound) > self.max_inbound:  # it is counted already
+        """Why a new inbound link must be refused (its address is known now), or None.
+
+        At a limit, the quietest link that nobody waits on and that moved
+        nothing for :data:`QUIET_EVICT` seconds is closed to make room: a
+        peer that fetched once and went quiet must not lock out the next (a
+        link stays open for minutes after its last use, and many honest peers
+        can share one address behind NAT).  Only when every link is busy is
+        the new one refused.
+        """
+        others = [c for c in self._inbound if c is not conn]
+        if len(others) >= self.max_inbound and not self._make_room(others):
             return f"at the limit of {self.max_inbound} inbound links"
         host = conn.peername[0]
-        same = sum(1 for c in self._inbound if c.peername[0] == host and c is not conn)
-        if same >= self.max_per_address:
-            return f"{host} has {same} links open already"
+        same = [c for c in others if c.peername[0] == host]
+        if len(same) >= self.max_per_address and not self._make_room(same):
+            return f"{host} has {len(same)} links open already"
         return None
+
+    @staticmethod
+    def _make_room(links: list[Connection]) -> bool:
+        """Close the quietest of ``links`` if it is quiet enough; whether one was closed."""
+        quietest = max(links, key=lambda c: c.quiet_for(), default=None)
+        if quietest is None or quietest.quiet_for() < QUIET_EVICT:
+            return False
+        quietest.close_reason = "closed for a new link (quiet, at the inbound limit)"
+        quietest.close()
+        return True
 
     def inbound_links(self) -> list[Connection]:
         """The links peers opened to us that are open now."""

@@ -146,6 +146,8 @@ class Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.peername: tuple[str, int] = ("?", 0)
         self._loop = asyncio.get_running_loop()
+        #: When bytes last moved either way (``loop.time()``), see :meth:`quiet_for`.
+        self.last_active = self._loop.time()
         self._handshake: asyncio.Future[m.Hello] = self._loop.create_future()
         self._deadline: asyncio.TimerHandle | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
@@ -224,14 +226,28 @@ class Connection(asyncio.BufferedProtocol):
 
     def _idle_check(self) -> None:
         """Close a link that moved nothing and waits for nothing for a whole period."""
-        busy = (self._active or self._pending or self.session.incoming or self.have_listeners
-                or self.subscribed or self._held is not None)
+        busy = self._active or self._waited_on()
         self._active = False
         if busy:
             self._idle = self._loop.call_later(self._idle_timeout, self._idle_check)
         else:
             self.close_reason = self.close_reason or "idle"
             self.close()
+
+    def _waited_on(self) -> bool:
+        """Someone waits on this link: a request either way, HAVE pushes, a body going out."""
+        return bool(self._pending or self.session.incoming or self.have_listeners
+                    or self.subscribed or self._held is not None)
+
+    def quiet_for(self) -> float:
+        """Seconds since bytes last moved, or 0 while anyone waits on the link.
+
+        The server's admission closes the quietest link, past a few seconds,
+        to make room for a new one at its limits.
+        """
+        if self._waited_on() or not self.is_open:
+            return 0.0
+        return self._loop.time() - self.last_active
 
     def get_buffer(self, sizehint: int) -> memoryview:
         buf = self.session.get_buffer(sizehint)
@@ -244,6 +260,7 @@ class Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.bytes_received += nbytes
         self._active = True
+        self.last_active = self._loop.time()
         if self.limiter is not None:
             pause = self.limiter.received(nbytes)
             if pause > 0 and self._throttled is None and self.transport is not None:
@@ -385,6 +402,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _write(self, wire: Wire) -> None:
         self._active = True
+        self.last_active = self._loop.time()
         if self._held is not None:
             self._held.extend(bytes(piece) for piece in wire)
             return
@@ -584,11 +602,14 @@ async def connect(
     link: LinkSecurity | None,
     expect: bytes | None = None,
     limiter: Limiter | None = None,
+    local_host: str | None = None,
 ) -> Connection:
     """Open a connection and complete the handshake, or raise :class:`PeerError`.
 
     With ``expect``, the peer must prove it is that node (its key), or the
-    connection is refused as a :class:`RemoteProtocolError`.
+    connection is refused as a :class:`RemoteProtocolError`.  With
+    ``local_host``, the connection comes from that address (see
+    :func:`source_host`).
     """
     loop = asyncio.get_running_loop()
     try:
@@ -596,7 +617,7 @@ async def connect(
             _, conn = await loop.create_connection(
                 lambda: Connection(hello, handler, on_close, link=link, initiator=True,
                                    expect=expect, limiter=limiter),
-                host, port,
+                host, port, local_addr=(local_host, 0) if local_host else None,
             )
     except TimeoutError as err:
         raise PeerTimeout(f"connecting to {host}:{port} timed out") from err
@@ -606,8 +627,20 @@ async def connect(
     return conn
 
 
+def source_host(bind_host: str) -> str | None:
+    """The address a node's outbound links come from: the one it listens on, if it names one.
+
+    A node bound to one address of a host with several speaks from it on UDP
+    already (the DHT socket is bound there); its TCP links must too, or peers
+    see them come from whatever address the route picks, and count them
+    against that address's limits.  A wildcard bind leaves it to the route.
+    """
+    return None if bind_host in ("", "0.0.0.0", "::") else bind_host
+
+
 def make_hello(node_id: bytes, port: int) -> m.Hello:
     return m.Hello(PROTOCOL_VERSION, node_id, port, "dhtshare/0.1")
 
 
-__all__ = ["Body", "Connection", "Handler", "NotFoundReply", "Reply", "connect", "make_hello"]
+__all__ = ["Body", "Connection", "Handler", "NotFoundReply", "Reply", "connect", "make_hello",
+           "source_host"]

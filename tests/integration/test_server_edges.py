@@ -3,7 +3,10 @@
 A replica pushed to a node that already holds the file whole as a user's file
 swapped that copy for an empty replica; now it is copied, verified.  CANCELs
 for requests that were never queued were remembered forever; now they cost
-nothing.  One address could open links without end; now it has a cap.
+nothing.  One address could open links without end; now it has a cap, at
+which the quietest link gives way (so peers that fetched once and went quiet
+do not lock out the next one behind the same address).  A node bound to one
+address dialled out from whichever the route chose; now from its own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dhtshare.core.handshake import LinkSecurity
 from dhtshare.core.identity import Identity
 from dhtshare.core.ids import parse_manifest_hash
 from dhtshare.disk.hashing import sha256_file
+from dhtshare.net import server as server_mod
 from dhtshare.net.transport import Connection, connect, make_hello
 from dhtshare.node import Node
 from dhtshare.ops import PublishArgs
@@ -32,11 +36,11 @@ pytestmark = pytest.mark.timeout(60)
 CHUNK = 64 * 1024
 
 
-async def dial(port: int) -> Connection:
+async def dial(port: int, source: str | None = None) -> Connection:
     """A stranger's link to the node on ``port``: its own key, nothing else."""
     me = Identity.generate()
     return await connect(LOOPBACK, port, make_hello(me.node_id, 1), None, 10,
-                         link=LinkSecurity(me))
+                         link=LinkSecurity(me), local_host=source)
 
 
 async def test_push_onto_a_user_copy_keeps_it_whole(tmp_path: Path) -> None:
@@ -113,6 +117,42 @@ async def test_one_address_cannot_take_every_inbound_link(tmp_path: Path) -> Non
         finally:
             for s in socks:
                 s.close()
+
+
+async def test_at_the_cap_the_quietest_link_gives_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Peers behind one address that fetched and went quiet do not lock out the next."""
+    monkeypatch.setattr(server_mod, "QUIET_EVICT", 0.3)
+    async with Node.open(Config(data_dir=tmp_path / "n", host=LOOPBACK)) as node:
+        cap = node.server.max_per_address
+        links = [await dial(node.port, "127.0.0.4") for _ in range(cap)]
+        try:
+            await asyncio.sleep(0.5)  # all quiet now
+            newcomer = await dial(node.port, "127.0.0.4")
+            links.append(newcomer)
+            have = newcomer.next_id()
+            reply, _ = await newcomer.request(m.GetManifest(have, os.urandom(32)), have, 10)
+            assert isinstance(reply, m.NotFound)  # admitted and served
+            await asyncio.sleep(0.2)
+            assert not links[0].is_open  # the quietest (the first) made room
+            assert sum(c.is_open for c in links) == cap
+        finally:
+            for c in links:
+                c.close()
+
+
+async def test_a_node_bound_to_one_address_dials_from_it(tmp_path: Path) -> None:
+    """Its peers see its links come from the address it listens on, as its DHT packets do."""
+    async with (Node.open(Config(data_dir=tmp_path / "a", host=LOOPBACK)) as a,
+                Node.open(Config(data_dir=tmp_path / "b", host="127.0.0.6")) as b):
+        conn = await b.pool.get((LOOPBACK, a.port))
+        try:
+            await asyncio.sleep(0.1)
+            sources = {c.peername[0] for c in a.server.inbound_links()}
+            assert sources == {"127.0.0.6"}
+        finally:
+            conn.close()
 
 
 async def _silent_link(loop: asyncio.AbstractEventLoop, source: str, port: int) -> socket.socket:
