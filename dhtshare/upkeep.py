@@ -95,6 +95,9 @@ class Upkeep:
         finally:
             self.joined.set()
         log.info("joined the network: %d DHT contacts", len(self.dht.contacts()))
+        # Saved now, not only at a clean exit or the first maintenance round: a node
+        # that crashes before then must still rejoin when its --peer nodes are gone.
+        self.data.save_contacts(self.dht.contacts())
         self._spawn(self.announce_all())
         self._spawn(self._maintenance())
         self._spawn(self._repair_loop())

@@ -87,6 +87,10 @@ class Pump:
             except TimeoutError as err:
                 log.warning("peer %s sent nothing for %.0f s with %d requests in flight",
                             self.label, timeout, len(self.inflight))
+                # The link is wedged (a lossy path in TCP back-off, with the chunks the
+                # peer already queued for us still ahead in the stream): close it, so the
+                # next fetch from this peer dials afresh instead of queueing behind them.
+                self.conn.abort(f"no chunk in {timeout:.0f} s")
                 raise PeerError(f"no chunk in {timeout:.0f} s") from err
             if not self._handle(event):
                 return

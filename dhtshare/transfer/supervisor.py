@@ -84,6 +84,8 @@ class Supervisor:
         picker = dl.picker
         lookups = 0
         last_progress = time.monotonic()
+        #: When a worker last ran: a peer dropped after stalling has its own grace to return.
+        last_busy = last_progress
         last_done = -1
         self.spawn(list(dl.book.known.values()))
         if not source.looked:  # the manifest was local: nobody looked yet
@@ -103,6 +105,8 @@ class Supervisor:
             if dl.done_bytes != last_done:
                 last_done, last_progress = dl.done_bytes, now
             alive = self._alive()
+            if alive:
+                last_busy = now
             if len(alive) < dl.services.config.max_fetch_peers:
                 # Every provider learned gets its turn, not only the first named.
                 self.spawn([r for a, r in dl.book.known.items() if a not in self.workers])
@@ -120,7 +124,9 @@ class Supervisor:
                 source.start_lookup()
                 continue
             gave_up = stuck and lookups >= MAX_LOOKUPS
-            if gave_up or (not alive and now - last_progress > STALL_TIMEOUT):
+            # Idle since the last worker ended, not since the last chunk: the one
+            # provider dropped for a stall gets a fresh link before the fetch gives up.
+            if gave_up or (not alive and now - max(last_progress, last_busy) > STALL_TIMEOUT):
                 raise NoProviders(
                     f"{picker.missing} of {dl.manifest.chunk_count} chunks could not be "
                     f"fetched: no reachable peer has them{dl.kept()}"
