@@ -65,6 +65,8 @@ class WorkerProc:
         self.next_id = 0
         self.reader_task: asyncio.Task[None] | None = None
         self.ready: asyncio.Future[list[dict[str, Any]]] | None = None
+        #: Set by :meth:`hard_kill` (the process may take a moment to be reaped).
+        self.killed = False
 
     async def start(self) -> list[dict[str, Any]]:
         self.ready = asyncio.get_running_loop().create_future()
@@ -127,6 +129,17 @@ class WorkerProc:
         finally:
             self.pending.pop(rid, None)
 
+    @property
+    def running(self) -> bool:
+        return self.p is not None and self.p.returncode is None and not self.killed
+
+    async def hard_kill(self) -> None:
+        """SIGKILL: the process, its nodes and their sockets vanish at once."""
+        self.killed = True
+        if self.p is not None and self.p.returncode is None:
+            self.p.kill()
+            await asyncio.wait_for(self.p.wait(), 5)
+
     async def close(self) -> None:
         if self.p is None:
             return
@@ -162,22 +175,44 @@ class NodeRef:
 class Network:
     workers: list[WorkerProc]
     nodes: list[NodeRef] = field(default_factory=list)
+    #: One node per worker process: a kill is the process's SIGKILL.
+    per_process: bool = False
 
     async def call(self, g: int, cmd: str, **kw: Any) -> Any:
         ref = self.nodes[g]
         return await ref.worker.call(cmd, node=ref.local, **kw)
 
+    def live(self) -> list[WorkerProc]:
+        return [w for w in self.workers if w.running]
+
     async def stats(self) -> list[dict[str, Any]]:
+        """Every node's stats, of the processes still running (killed ones report nothing)."""
         out: list[dict[str, Any]] = []
-        for res in await asyncio.gather(*(w.call("stats") for w in self.workers)):
+        for res in await asyncio.gather(*(w.call("stats") for w in self.live())):
             out.extend(res["nodes"])
         return out
+
+    async def counters(self) -> Counter[str]:
+        """Datagrams sent and received so far by every node of the running processes.
+
+        A killed process takes its counts with it; the scale bench only
+        differences counters across operations during which nobody is killed.
+        """
+        c: Counter[str] = Counter()
+        for res in (await self.counters_by_worker()).values():
+            c.update(res)
+        return c
+
+    async def counters_by_worker(self) -> dict[int, Counter[str]]:
+        live = self.live()
+        return {w.proc: Counter(res) for w, res in
+                zip(live, await asyncio.gather(*(w.call("counters") for w in live)), strict=True)}
 
     async def record_holders(self, hashes: list[str]) -> list[int]:
         """For each hash, how many nodes hold at least one record of it."""
         held = [0] * len(hashes)
         for res in await asyncio.gather(
-            *(w.call("has_record", hashes=hashes) for w in self.workers)
+            *(w.call("has_record", hashes=hashes) for w in self.live())
         ):
             for row in res["records"]:
                 for i, n in enumerate(row):
@@ -190,6 +225,9 @@ class Network:
             ref = self.nodes[g]
             ref.alive = False
             by_worker.setdefault(ref.worker.proc, []).append(ref.local)
+        if self.per_process:
+            await asyncio.gather(*(self.workers[p].hard_kill() for p in by_worker))
+            return
         await asyncio.gather(
             *(self.workers[p].call("kill", nodes=locs) for p, locs in by_worker.items())
         )
@@ -229,52 +267,61 @@ class Target:
     kind: str  # "single" (one provider, survives) or "dual" (two, one gets killed)
 
 
+async def lookup_once(net: Network, t: Target, g: int) -> dict[str, Any]:
+    """One provider lookup of ``t`` from node ``g``; success = every live provider found."""
+    try:
+        res = await net.call(g, "lookup", hash=t.hash)
+    except Exception as err:  # a bounded failure is a result too
+        return {
+            "hash": t.hash,
+            "kind": t.kind,
+            "from": g,
+            "error": str(err),
+            "latency": math.nan,
+            "ok": False,
+            "stale": False,
+            "op": {},
+        }
+    found = {(p[0], p[2]) for p in res["providers"]}
+    live = [p for p in t.providers if net.nodes[p].alive]
+    dead = [p for p in t.providers if not net.nodes[p].alive]
+    ok = all((net.nodes[p].id, net.nodes[p].port) in found for p in live)
+    stale = any(net.nodes[p].id in {f[0] for f in found} for p in dead)
+    return {
+        "hash": t.hash,
+        "kind": t.kind,
+        "from": g,
+        "latency": res["latency"],
+        "cost": res.get("cost", {}),
+        "found": len(found),
+        "ok": ok,
+        "stale": stale,
+        "op": res["op"],
+    }
+
+
 async def run_lookups(
     net: Network,
     rng: random.Random,
     targets: list[Target],
     count: int,
     concurrency: int,
+    askers: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """``count`` lookups of random targets from random live non-provider nodes."""
+    """``count`` lookups of random targets from random live non-provider nodes.
+
+    ``askers`` limits who asks (the scale bench: nodes that finished joining).
+    """
     plan = []
+    pool = [r.g for r in net.nodes if r.alive] if askers is None else askers
     for _ in range(count):
         t = rng.choice(targets)
-        askers = [r.g for r in net.nodes if r.alive and r.g not in t.providers]
-        plan.append((t, rng.choice(askers)))
+        plan.append((t, rng.choice([g for g in pool if g not in t.providers])))
     sem = asyncio.Semaphore(concurrency)
 
     async def one(t: Target, g: int) -> dict[str, Any]:
         async with sem:
-            try:
-                res = await net.call(g, "lookup", hash=t.hash)
-            except Exception as err:  # a bounded failure is a result too
-                return {
-                    "hash": t.hash,
-                    "kind": t.kind,
-                    "from": g,
-                    "error": str(err),
-                    "latency": math.nan,
-                    "ok": False,
-                    "stale": False,
-                    "op": {},
-                }
-        found = {(p[0], p[2]) for p in res["providers"]}
-        live = [p for p in t.providers if net.nodes[p].alive]
-        dead = [p for p in t.providers if not net.nodes[p].alive]
-        ok = all((net.nodes[p].id, net.nodes[p].port) in found for p in live)
-        stale = any(net.nodes[p].id in {f[0] for f in found} for p in dead)
-        return {
-            "hash": t.hash,
-            "kind": t.kind,
-            "from": g,
-            "latency": res["latency"],
-            "cost": res.get("cost", {}),
-            "found": len(found),
-            "ok": ok,
-            "stale": stale,
-            "op": res["op"],
-        }
+            return await lookup_once(net, t, g)
 
     return list(await asyncio.gather(*(one(t, g) for t, g in plan)))
 
@@ -322,6 +369,7 @@ def summarize_lookups(
         "by_kind": by_kind,
         "median": statistics.median(lat) if lat else math.nan,
         "p95": pct(lat, 95),
+        "p99": pct(lat, 99),
         "max": max(lat) if lat else math.nan,
         "mean": statistics.fmean(lat) if lat else math.nan,
         "rpcs_per_lookup": statistics.fmean(sent) if sent else 0.0,
@@ -348,6 +396,8 @@ def cost_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         "stale_per_lookup": statistics.fmean(c["stale"] for c in costs),
         "failures_per_lookup": statistics.fmean(c["failures"] for c in costs),
         "hops_median": statistics.median(hops),
+        "hops_p95": pct([float(h) for h in hops], 95),
+        "hops_p99": pct([float(h) for h in hops], 99),
         "hops_max": max(hops),
     }
 
@@ -750,6 +800,662 @@ def _num(v: float | None, fmt: str) -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
+# -- scale: a network of hundreds (issue 11) ----------------------------------------------
+SCALE_TITLE = "## DHT at scale"
+#: Worker processes started at once (each imports dhtshare: ~0.3 s of CPU).
+SPAWN_BATCH = 40
+
+
+@dataclass
+class Scale:
+    """One network of the scale bench, and who in it may be killed or asked.
+
+    Providers of lookup targets are never killed (a lookup of a hash whose
+    only provider is dead has nothing to find), nor are nodes with a lookup
+    in flight (their answer would be lost, not wrong); nodes still joining
+    are not asked.
+    """
+
+    net: Network
+    args: argparse.Namespace
+    rng: random.Random
+    max_life: float
+    joined: set[int] = field(default_factory=set)
+    protected: set[int] = field(default_factory=set)
+    busy: Counter[int] = field(default_factory=Counter)
+    #: Node processes started ahead of a churn phase, not yet joined (see :meth:`add_node`).
+    spares: list[tuple[WorkerProc, dict[str, Any]]] = field(default_factory=list)
+
+    async def prestart(self, count: int) -> None:
+        """Start ``count`` one-node processes now, for the churn's joins to use.
+
+        A Python process importing dhtshare costs ~0.3 s of CPU (over 1 s on
+        a 2-core machine running hundreds of nodes): started during the churn,
+        that would be measured as lookup latency.  A started node that has not
+        joined is in nobody's table, so it is no part of the network yet.
+        """
+        if not self.net.per_process:
+            return
+        ws = [WorkerProc(len(self.net.workers) + i, 1, self.max_life) for i in range(count)]
+        self.net.workers.extend(ws)
+        for i in range(0, len(ws), SPAWN_BATCH):
+            batch = ws[i:i + SPAWN_BATCH]
+            for w, ready in zip(batch, await asyncio.gather(*(w.start() for w in batch)),
+                                strict=True):
+                self.spares.append((w, ready[0]))
+
+    def askers(self) -> list[int]:
+        return [g for g in sorted(self.joined) if self.net.nodes[g].alive]
+
+    def killable(self) -> list[int]:
+        return [g for g in self.askers() if g not in self.protected and not self.busy[g]]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(w.close() for w in self.net.workers), return_exceptions=True)
+
+    async def add_node(self) -> dict[str, float]:
+        """A new node (its own process, or a new instance in the emptiest one) joins.
+
+        It joins through a random live node, as a node restarting from its
+        saved contacts would, not always through one seed.
+        """
+        net = self.net
+        t0 = time.monotonic()
+        if self.spares:
+            w, info = self.spares.pop()
+        elif net.per_process:
+            w = WorkerProc(len(net.workers), 1, self.max_life)
+            net.workers.append(w)
+            info = (await w.start())[0]
+        else:
+            live = net.live()
+            w = min(live, key=lambda x: sum(r.alive for r in net.nodes if r.worker is x))
+            info = (await w.call("spawn", count=1))["nodes"][0]
+        g = len(net.nodes)
+        net.nodes.append(NodeRef(g, w, info["local"], info["id"], info["port"]))
+        started = time.monotonic() - t0
+        peer = net.nodes[self.rng.choice(self.askers())]
+        res = await net.call(g, "bootstrap", peer=["127.0.0.1", peer.port])
+        if res["answered"]:
+            self.joined.add(g)
+        return {"start": started, "join": res["wall"], "answered": res["answered"]}
+
+
+async def build(args: argparse.Namespace, n: int, rng: random.Random,
+                log: Callable[[str], None]) -> tuple[Scale, dict[str, Any]]:
+    """Start ``n`` nodes and join them one after another through node 0, as a network grows."""
+    per = max(1, args.per_proc)
+    procs = math.ceil(n / per)
+    counts = [n // procs + (p < n % procs) for p in range(procs)]
+    max_life = args.budget + 30
+    workers = [WorkerProc(p, c, max_life) for p, c in enumerate(counts)]
+    sc = Scale(Network(workers, per_process=per == 1), args, rng, max_life)
+    try:
+        t0 = time.monotonic()
+        for i in range(0, len(workers), SPAWN_BATCH):
+            batch = workers[i:i + SPAWN_BATCH]
+            for w, ready in zip(batch, await asyncio.gather(*(w.start() for w in batch)),
+                                strict=True):
+                for info in ready:
+                    sc.net.nodes.append(
+                        NodeRef(len(sc.net.nodes), w, info["local"], info["id"], info["port"]))
+        spawn_wall = time.monotonic() - t0
+        seed = ["127.0.0.1", sc.net.nodes[0].port]
+        sc.joined.add(0)
+        walls = []
+        t0 = time.monotonic()
+        for ref in sc.net.nodes[1:]:
+            res = await sc.net.call(ref.g, "bootstrap", peer=seed)
+            if res["answered"] != 1:
+                raise RuntimeError(f"node {ref.g} could not join through node 0")
+            walls.append(res["wall"])
+            sc.joined.add(ref.g)
+        join_wall = time.monotonic() - t0
+        await asyncio.sleep(args.settle)  # the joins' background table refreshes
+        contacts = [s["contacts"] for s in await sc.net.stats()]
+    except BaseException:
+        await sc.close()
+        raise
+    join = {
+        "nodes": n, "procs": procs, "spawn_wall": spawn_wall, "wall": join_wall,
+        "per_node_median": statistics.median(walls), "per_node_p95": pct(walls, 95),
+        "per_node_max": max(walls), "contacts_min": min(contacts),
+        "contacts_median": statistics.median(contacts), "contacts_max": max(contacts),
+    }
+    log(f"{n} nodes in {procs} processes: started in {spawn_wall:.1f} s, joined in "
+        f"{join_wall:.1f} s (per node median {ms(join['per_node_median'])}), tables "
+        f"{min(contacts)}..{max(contacts)}")
+    return sc, join
+
+
+async def packet_costs(sc: Scale, trials: int) -> dict[str, Any]:
+    """DHT datagrams per publish, per provider lookup and per fetch, one operation at a time.
+
+    Each is the sum over every node of datagrams sent, from just before the
+    operation to ``--quiet`` seconds after it (so that what it sets off at
+    other nodes counts too), less the background rate measured on the idle
+    network over the same time.
+    """
+    net, rng, quiet = sc.net, sc.rng, sc.args.quiet
+    # Queries that lookups left behind end within the 1.5 s RPC timeout (and a
+    # timeout sends its hints then): they are not the idle network's background.
+    await asyncio.sleep(2.0)
+    c0 = await net.counters()
+    t0 = time.monotonic()
+    await asyncio.sleep(2.0)
+    idle = time.monotonic() - t0
+    background = ((await net.counters())["pkt_tx"] - c0["pkt_tx"]) / idle
+
+    async def measured(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+        before = await net.counters()
+        t = time.monotonic()
+        out = await fn()
+        await asyncio.sleep(quiet)
+        window = time.monotonic() - t
+        sent = (await net.counters())["pkt_tx"] - before["pkt_tx"]
+        return out, sent - background * window, sent
+
+    pubs: list[dict[str, Any]] = []
+    published: list[tuple[str, int]] = []
+    for _ in range(trials):
+        g, h = rng.choice(sc.askers()), os.urandom(32).hex()
+        res, pk, raw = await measured(lambda g=g, h=h: announce(net, g, [h]))  # type: ignore[misc]
+        item = res["items"][0]
+        pubs.append({"packets": pk, "raw": raw, "own": item["op"].get("pkt_tx", 0),
+                     "stored": item["stored"], "wall": item["wall"]})
+        published.append((h, g))
+    looks: list[dict[str, Any]] = []
+    fetches: list[dict[str, Any]] = []
+    for h, provider in published:
+        t = Target(h, [provider], "single")
+        g = rng.choice([x for x in sc.askers() if x != provider])
+        res, pk, raw = await measured(lambda t=t, g=g: lookup_once(net, t, g))  # type: ignore[misc]
+        looks.append({"packets": pk, "raw": raw, "own": res["op"].get("pkt_tx", 0),
+                      "ok": res["ok"], "wall": res["latency"]})
+        g = rng.choice([x for x in sc.askers() if x != provider])
+        res, pk, raw = await measured(
+            lambda h=h, g=g: net.call(g, "fetch", hash=h))  # type: ignore[misc]
+        fetches.append({
+            "packets": pk, "raw": raw, "ok": res["lookup"]["found"] >= 1, "wall": res["wall"],
+            "own_lookup": res["lookup"]["op"].get("pkt_tx", 0),
+            "own_announces": sum(a["op"].get("pkt_tx", 0) for a in res["announces"]),
+            "stored": [a["stored"] for a in res["announces"]],
+        })
+
+    def agg(items: list[dict[str, Any]]) -> dict[str, Any]:
+        pk = [i["packets"] for i in items]
+        return {"n": len(pk), "median": statistics.median(pk), "mean": statistics.fmean(pk),
+                "max": max(pk), "wall_median": statistics.median(i["wall"] for i in items)}
+
+    return {"background_per_s": background, "quiet_s": quiet,
+            "publish": agg(pubs) | {"stored_min": min(p["stored"] for p in pubs)},
+            "lookup": agg(looks) | {"ok": sum(x["ok"] for x in looks)},
+            "fetch": agg(fetches) | {"ok": sum(x["ok"] for x in fetches)},
+            "raw": {"publish": pubs, "lookup": looks, "fetch": fetches}}
+
+
+async def record_load(sc: Scale, keys: int) -> dict[str, Any]:
+    """Announce ``keys`` random keys from random nodes; records each node holds for others."""
+    sem = asyncio.Semaphore(16)
+
+    async def one() -> None:
+        async with sem:
+            await announce(sc.net, sc.rng.choice(sc.askers()), [os.urandom(32).hex()])
+
+    await asyncio.gather(*(one() for _ in range(keys)))
+    per_node = sorted(s["records"] for s in await sc.net.stats() if s["alive"])
+    med = statistics.median(per_node)
+    return {"keys": keys, "nodes": len(per_node), "min": per_node[0], "median": med,
+            "p99": pct([float(x) for x in per_node], 99), "max": per_node[-1],
+            "ratio": per_node[-1] / max(med, 1)}
+
+
+async def make_targets(sc: Scale, count: int) -> list[Target]:
+    """``count`` fresh hashes, each announced by one random node, which is then protected."""
+    targets = []
+    for _ in range(count):
+        g = sc.rng.choice([x for x in sc.askers() if x not in sc.protected])
+        t = Target(os.urandom(32).hex(), [g], "single")
+        await announce(sc.net, g, [t.hash])
+        sc.protected.add(g)
+        targets.append(t)
+    return targets
+
+
+async def churn(sc: Scale, targets: list[Target], duration: float, rate: float,
+                concurrency: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """For ``duration`` s, ``rate`` times a second one node dies (SIGKILL) and a new one joins.
+
+    ``concurrency`` lookups are in flight all the while.  The joiners'
+    processes are started beforehand (:meth:`Scale.prestart`); each step's
+    kill and join run in a task of their own so the schedule holds while a
+    slow join is under way; everything ends by ``duration`` + 30 s.
+    """
+    net, rng = sc.net, sc.rng
+    await sc.prestart(int(duration * rate))
+    await asyncio.sleep(1.0)  # the spares' start-up CPU is over
+    t_start = time.monotonic()
+    t_end = t_start + duration
+    results: list[dict[str, Any]] = []
+    joins: list[dict[str, float]] = []
+    killed: list[int] = []
+    max_lookups = int(duration * 500)
+
+    async def looker() -> None:
+        while time.monotonic() < t_end and len(results) < max_lookups:
+            t = rng.choice(targets)
+            g = rng.choice([x for x in sc.askers() if x not in t.providers])
+            sc.busy[g] += 1
+            try:
+                r = await lookup_once(net, t, g)
+            finally:
+                sc.busy[g] -= 1
+            results.append(r | {"at": time.monotonic() - t_start})
+
+    async def step() -> None:
+        victims = sc.killable()
+        if victims:
+            v = rng.choice(victims)
+            killed.append(v)
+            await net.kill([v])
+        joins.append(await sc.add_node())
+
+    steps: list[asyncio.Task[None]] = []
+    before = await net.counters_by_worker()
+
+    async def scheduler() -> None:
+        for i in range(int(duration * rate)):
+            await asyncio.sleep(max(0.0, t_start + i / rate - time.monotonic()))
+            steps.append(asyncio.create_task(step()))
+
+    try:
+        async with asyncio.timeout(duration + 30):
+            await asyncio.gather(scheduler(), *(looker() for _ in range(concurrency)))
+            step_results = await asyncio.gather(*steps, return_exceptions=True)
+    finally:
+        for task in steps:
+            task.cancel()
+    errors = [repr(e) for e in step_results if isinstance(e, BaseException)]
+    # What the nodes alive at the end sent during the churn (and its stragglers'
+    # 1.5 s): the killed took their counters with them.
+    await asyncio.sleep(2.0)
+    sent: Counter[str] = Counter()
+    for proc, c in (await net.counters_by_worker()).items():
+        sent.update(c)
+        sent.subtract(before.get(proc, Counter()))
+    summary = summarize_lookups(f"during churn ({duration:g} s)", results, concurrency)
+    series = []  # per 10 s of the churn: is it steady, or getting worse?
+    for lo in range(0, math.ceil(duration), 10):
+        lat = [x["latency"] for x in results if lo <= x.get("at", 0) < lo + 10
+               and not math.isnan(x["latency"])]
+        series.append({"from_s": lo, "n": len(lat), "median": statistics.median(lat) if lat
+                       else math.nan, "p95": pct(lat, 95),
+                       "ok": sum(x["ok"] for x in results if lo <= x.get("at", 0) < lo + 10)})
+    jw = [j["join"] for j in joins]
+    sw = [j["start"] for j in joins]
+    log(f"churn {duration:g} s: {len(killed)} killed, {len(joins)} joined; lookups "
+        f"{summary['ok']}/{summary['n']} ok, median {ms(summary['median'])}, p95 "
+        f"{ms(summary['p95'])}, p99 {ms(summary['p99'])}")
+    return {
+        "duration": duration, "rate": rate, "wall": time.monotonic() - t_start,
+        "killed": len(killed), "joined": len(joins),
+        "joined_ok": sum(1 for j in joins if j["answered"]), "step_errors": errors,
+        "join_median": statistics.median(jw) if jw else math.nan,
+        "join_p95": pct(jw, 95), "start_median": statistics.median(sw) if sw else math.nan,
+        "killed_ports": [net.nodes[g].port for g in killed],
+        "series": series,
+        "sent": dict(sent), "sent_per_lookup": sent["pkt_tx"] / max(1, len(results)),
+        "lookups": summary, "raw_lookups": results,
+    }
+
+
+async def lookup_rows(sc: Scale, targets: list[Target], name: str, count: int,
+                      since: float | None = None) -> list[dict[str, Any]]:
+    """``count`` lookups one at a time, then ``count`` at ``--concurrency`` in flight."""
+    rows = []
+    for conc in (1, sc.args.concurrency):
+        t = None if since is None else time.monotonic() - since
+        res = await run_lookups(sc.net, sc.rng, targets, count, conc, sc.askers())
+        rows.append(summarize_lookups(name, res, conc, t))
+    return rows
+
+
+async def kill_level(args: argparse.Namespace, n: int, fraction: float, rng: random.Random,
+                     log: Callable[[str], None]) -> dict[str, Any]:
+    """A fresh network, aged by ``--warm-churn`` s of churn, loses ``fraction`` of its nodes.
+
+    The targets are announced after the warm-up (real nodes re-announce
+    every 10 minutes; this is a kill right after one), then ``fraction`` of
+    the nodes (never a target's provider) die at once: lookups at
+    ``--concurrency`` in flight immediately, then one at a time ``--wait``
+    s later.
+    """
+    sc, join = await build(args, n, rng, log)
+    try:
+        warm_targets = await make_targets(sc, 5)
+        warm = await churn(sc, warm_targets, args.warm_churn, 1.0, 4, log)
+        targets = await make_targets(sc, args.targets)
+        stale_before = await stale_estimates(sc)
+        victims = rng.sample(sc.killable(), round(len(sc.askers()) * fraction))
+        await sc.net.kill(victims)
+        t_kill = time.monotonic()
+        log(f"killed {len(victims)} of {len(victims) + len(sc.askers())} ({fraction:.0%})")
+        first = await run_lookups(sc.net, rng, targets, args.scale_lookups, args.concurrency,
+                                  sc.askers())
+        rows = [summarize_lookups("immediately", first, args.concurrency, 0.0)]
+        await asyncio.sleep(max(0.0, t_kill + args.wait - time.monotonic()))
+        stale = {"before_kill": stale_before, "before_later": await stale_estimates(sc)}
+        t = time.monotonic() - t_kill
+        later = await run_lookups(sc.net, rng, targets, args.scale_lookups, 1, sc.askers())
+        rows.append(summarize_lookups(f"+{args.wait:g} s", later, 1, t))
+        stale["end"] = await stale_estimates(sc)
+        log("  stale-after estimates (median / p90 / max ms): " + ", ".join(
+            f"{k} {1000 * v['median']:.0f} / {1000 * v['p90']:.0f} / {1000 * v['max']:.0f}"
+            for k, v in stale.items()))
+        for r in rows:
+            log(f"  {fraction:.0%} killed, {r['name']}: {r['ok']}/{r['n']} ok, median "
+                f"{ms(r['median'])}, p95 {ms(r['p95'])}, p99 {ms(r['p99'])}")
+        return {"fraction": fraction, "nodes": n, "killed": len(victims), "join": join,
+                "warm": {k: v for k, v in warm.items() if k != "raw_lookups"}, "rows": rows,
+                "stale_after": stale,
+                "raw_lookups": {"immediately": first, "later": later}}
+    finally:
+        await sc.close()
+
+
+async def stale_estimates(sc: Scale) -> dict[str, float]:
+    """How long live nodes wait before a query stops holding a lookup up (their RTT estimate)."""
+    est = [st["stale_after"] for st in await sc.net.stats()
+           if st["alive"] and st.get("stale_after") is not None]
+    return {"median": statistics.median(est), "p90": pct(est, 90), "max": max(est)}
+
+
+def strip_raw(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not k.startswith("raw")}
+
+
+async def scale_bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """The whole scale run: a size sweep, churn at the largest size, then the kill levels."""
+    rng = random.Random(args.seed)
+    report: dict[str, Any] = {"params": vars(args) | {"mode": "scale"}, "sizes": [],
+                              "kills": []}
+    t_start = time.monotonic()
+    for n in args.sizes:
+        sc, join = await build(args, n, rng, log)
+        try:
+            entry: dict[str, Any] = {"nodes": n, "join": join}
+            entry["packets"] = await packet_costs(sc, args.packet_trials)
+            pk = entry["packets"]
+            log(f"  packets per publish {pk['publish']['median']:.0f}, per lookup "
+                f"{pk['lookup']['median']:.0f}, per fetch {pk['fetch']['median']:.0f} "
+                f"(background {pk['background_per_s']:.1f}/s)")
+            entry["load"] = await record_load(sc, args.load_per_node * n)
+            log(f"  record load max/median {entry['load']['ratio']:.2f} "
+                f"({entry['load']['max']}/{entry['load']['median']:g})")
+            targets = await make_targets(sc, args.targets)
+            entry["alive"] = await lookup_rows(sc, targets, "all alive", args.scale_lookups)
+            for r in entry["alive"]:
+                log(f"  alive, {r['concurrency']} in flight: median {ms(r['median'])}, p95 "
+                    f"{ms(r['p95'])}, p99 {ms(r['p99'])}, hops max {r['hops_max']}")
+            if n in args.churn_sizes:
+                ch = await churn(sc, targets, args.churn, 1.0, args.churn_concurrency, log)
+                dead_ports = set(ch.pop("killed_ports"))
+                entry["churn"] = ch
+                entry["churn_tables"] = dead_in_tables(await sc.net.stats(), dead_ports)
+                entry["after_churn"] = await lookup_rows(sc, targets, "after churn",
+                                                         args.scale_lookups)
+                entry["packets_after_churn"] = await packet_costs(sc, args.packet_trials)
+                entry["load_after_churn"] = await record_load(sc, 0)
+                for r in entry["after_churn"]:
+                    log(f"  after churn, {r['concurrency']} in flight: {r['ok']}/{r['n']} ok,"
+                        f" median {ms(r['median'])}, p95 {ms(r['p95'])}, p99 {ms(r['p99'])}")
+        finally:
+            await sc.close()
+        report["sizes"].append(entry)
+    for f in args.kill_levels:
+        report["kills"].append(await kill_level(args, args.kill_size, f, rng, log))
+    report["wall"] = time.monotonic() - t_start
+    return report
+
+
+def scale_markdown(r: dict[str, Any]) -> str:
+    """The scale run as Markdown: what was run, the tables, and the goals."""
+    p = r["params"]
+    sizes = r["sizes"]
+    per = p["per_proc"]
+    how = ("one node per process (each its own Python interpreter, event loop and socket)"
+           if per == 1 else f"{per} DHT instances per process")
+    cmd = (f"python bench/dht.py --scale --sizes {','.join(map(str, p['sizes']))} "
+           f"--per-proc {per} --scale-lookups {p['scale_lookups']} --churn {p['churn']:g}")
+    lines = [
+        SCALE_TITLE, "",
+        f"`{cmd}` at {r['when']} on {r['host']}, load average {r['load_before']} at start: "
+        f"`dhtshare.net.dht.client.Dht` nodes on 127.0.0.1, {how}.  Whole run "
+        f"{r['wall']:.0f} s.", "",
+        "### Sizes (all nodes alive)", "",
+        "Joined one after another through node 0; join = that node's `bootstrap` (ping, "
+        "lookup of its own id; the table refresh goes on in the background).  "
+        f"{p['scale_lookups']} lookups per row of {p['targets']} hashes, each with one "
+        "provider, from random nodes; latency inside the asking node's process.", "",
+        "| nodes | processes | join, all (per node median / p95) | routing table min / median "
+        "| one at a time: median / p95 / p99 | 16 in flight: median / p95 / p99 "
+        "| hops median / p95 / max (log2 N) | found | record load max / median (p99) |",
+        "|---:|---:|---|---|---|---|---|---:|---|",
+    ]
+    for e in sizes:
+        j, a1, a16, ld = e["join"], e["alive"][0], e["alive"][1], e["load"]
+        ok = a1["ok"] + a16["ok"]
+        n = a1["n"] + a16["n"]
+        lines.append(
+            f"| {e['nodes']} | {j['procs']} | {j['wall']:.1f} s ({ms(j['per_node_median'])} / "
+            f"{ms(j['per_node_p95'])}) | {j['contacts_min']} / {j['contacts_median']:g} "
+            f"| {_lat(a1)} | {_lat(a16)} | {_hops(a1, a16)} ({math.log2(e['nodes']):.1f}) "
+            f"| {100 * ok / n:.2f} % | {ld['ratio']:.2f} ({ld['max']} / {ld['median']:g}; "
+            f"{ld['p99']:g}) |")
+    lines += [
+        "",
+        f"Record load: after {p['load_per_node']} random keys per node, each announced by a "
+        "random node (plus the bench's own), records each node holds for others.",
+        "",
+        "### DHT packets per operation", "",
+        "Datagrams sent by all nodes together (requests and answers, and anything the "
+        f"operation sets off elsewhere), from just before it to {p['quiet']:g} s after, less "
+        f"the idle network's background over that time; median (max) of "
+        f"{p['packet_trials']} operations run one at a time.  A fetch = what `dhtshare "
+        "fetch` of a small file makes the DHT do: one provider lookup of the manifest hash "
+        "(`ProviderSource`), an announce after the first verified chunk "
+        "(`Node.chunk_verified`) and one when complete (`Ops.fetch`); a download that "
+        "outlasts 0.2 s adds one lookup at 0.2, 0.6 and 1.4 s and then every 2 s while "
+        "it has fewer than 16 peers.", "",
+        "| nodes | per publish | per provider lookup | per fetch | stores per publish (min) "
+        "| background, all nodes |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = [(str(e["nodes"]), e["packets"]) for e in sizes]
+    rows += [(f"{e['nodes']}, after {e['churn']['duration']:g} s churn",
+              e["packets_after_churn"]) for e in sizes if "churn" in e]
+    for name, pk in rows:
+        lines.append(
+            f"| {name} | {pk['publish']['median']:.0f} ({pk['publish']['max']:.0f}) "
+            f"| {pk['lookup']['median']:.0f} ({pk['lookup']['max']:.0f}) "
+            f"| {pk['fetch']['median']:.0f} ({pk['fetch']['max']:.0f}) "
+            f"| 8 ({pk['publish']['stored_min']}) | {pk['background_per_s']:.1f} /s |")
+    churned = [e for e in sizes if "churn" in e]
+    if churned:
+        e = churned[0]
+        ch = e["churn"]
+        lines += [
+            "", f"### Steady churn at {e['nodes']} nodes", "",
+            f"For {ch['duration']:g} s, once a second a random node is SIGKILLed (never a "
+            "target's provider or a node with a lookup in flight) and a new node process "
+            "starts and joins through a random live node; "
+            f"{p['churn_concurrency']} lookups in flight throughout.  Targets were "
+            "announced before the churn and not re-announced (real nodes re-announce every "
+            f"10 min).  {ch['killed']} killed, {ch['joined_ok']}/{ch['joined']} joined "
+            f"(process start median {ms(ch['start_median'])}, join median "
+            f"{ms(ch['join_median'])}, p95 {ms(ch['join_p95'])}).  Afterwards live tables "
+            f"held {e['churn_tables']['entries']} entries pointing at killed nodes.  The "
+            f"nodes alive at the end sent {ch['sent'].get('pkt_tx', 0)} datagrams during "
+            f"the churn, {ch['sent_per_lookup']:.1f} per lookup, "
+            f"{ch['sent'].get('req_suspect', 0)} of them `suspect` hints and "
+            f"{ch['sent'].get('req_ping', 0)} pings.", "",
+            "| phase | in flight | lookups | found | median | p95 | p99 | max | hops max "
+            "| RPCs / lookup | time blocked on 1.5 s timeouts |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in [*e["alive"], ch["lookups"], *e["after_churn"]]:
+            lines.append(
+                f"| {s['name']} | {s['concurrency']} | {s['n']} | {_pct(s)} "
+                f"| {ms(s['median'])} | {ms(s['p95'])} | {ms(s['p99'])} | {ms(s['max'])} "
+                f"| {s['hops_max']} | {s['rpcs_per_lookup']:.1f} "
+                f"| {100 * s['blocked_share']:.0f} % |")
+        la = e["load_after_churn"]
+        lines += ["", f"Record load after the churn: max / median {la['ratio']:.2f} "
+                  f"({la['max']} / {la['median']:g})."]
+    if r["kills"]:
+        k0 = r["kills"][0]
+        lines += [
+            "", f"### Killing 10, 30 and 50 % at once ({k0['nodes']} nodes)", "",
+            "Each level on a freshly built network, aged first by "
+            f"{p['warm_churn']:g} s of churn (one node killed and one joined a second, "
+            f"4 lookups in flight); then {p['targets']} hashes are announced, and that "
+            "fraction of the nodes (never a provider) is SIGKILLed at once.  Found = the "
+            "provider found.  \"immediately\": lookups start right after the kill, "
+            f"{p['concurrency']} in flight; \"+{p['wait']:g} s\": one at a time from "
+            f"{p['wait']:g} s after it.", "",
+            "| killed | phase | in flight | lookups | found | median | p95 | p99 | max "
+            "| hops max | stale queries / lookup | time blocked on 1.5 s timeouts |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for k in r["kills"]:
+            for s in k["rows"]:
+                lines.append(
+                    f"| {k['killed']} ({k['fraction']:.0%}) | {s['name']} | {s['concurrency']} "
+                    f"| {s['n']} | {_pct(s)} | {ms(s['median'])} | {ms(s['p95'])} "
+                    f"| {ms(s['p99'])} | {ms(s['max'])} | {s['hops_max']} "
+                    f"| {_num(s.get('stale_per_lookup'), '.2f')} "
+                    f"| {100 * s['blocked_share']:.0f} % |")
+        lines += ["", "How long a query to a silent node holds a lookup up (each node's "
+                  "estimate: twice the p90 of its last 32 round trips, 10 ms floor), "
+                  "median / p90 / max over live nodes: " + "; ".join(
+                      f"{k['fraction']:.0%}: before the kill " + _est(k["stale_after"]
+                      ["before_kill"]) + f", at +{p['wait']:g} s "
+                      + _est(k["stale_after"]["before_later"]) + ", after that row "
+                      + _est(k["stale_after"]["end"]) for k in r["kills"]) + "."]
+    lines += ["", "### Goals", "", "| goal | measured | met |", "|---|---|---|"]
+    lines += [f"| {g} | {m} | {'yes' if ok else '**no**'} |" for g, m, ok in scale_goals(r)]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def scale_goals(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Issue 11's goals against the run: (goal, what was measured, met)."""
+    sizes = r["sizes"]
+    out: list[tuple[str, str, bool]] = []
+    hop_rows = [(e["nodes"], s) for e in sizes
+                for s in [*e["alive"], *e.get("after_churn", [])]]
+    worst = [(n, s["hops_max"], math.log2(n)) for n, s in hop_rows]
+    out.append(("lookups in at most log2(N) hops",
+                "max " + ", ".join(f"{h} at {n} (log2 {lg:.1f})" for n, h, lg in worst[::2]),
+                all(h <= lg for _, h, lg in worst)))
+    p95s = [(e["nodes"], s) for e in sizes for s in [*e["alive"], *e.get("after_churn", [])]
+            if s["concurrency"] == 1]
+    out.append(("p95 under 50 ms on loopback (one at a time)",
+                ", ".join(f"{ms(s['p95'])} at {n} ({s['name']})" for n, s in p95s),
+                all(s["p95"] < 0.05 for _, s in p95s)))
+    conc = [(e["nodes"], s) for e in sizes for s in e["alive"] if s["concurrency"] > 1]
+    out.append((f"the same at {conc[0][1]['concurrency']} in flight" if conc else "-",
+                ", ".join(f"{ms(s['p95'])} at {n}" for n, s in conc),
+                all(s["p95"] < 0.05 for _, s in conc)))
+    loads = [(e["nodes"], e["load"]["ratio"]) for e in sizes]
+    out.append(("record load max / median under 3",
+                ", ".join(f"{x:.2f} at {n}" for n, x in loads), all(x < 3 for _, x in loads)))
+    for f in (0.3,):
+        ks = [k for k in r["kills"] if abs(k["fraction"] - f) < 1e-9]
+        if ks:
+            ok = sum(s["ok"] for s in ks[0]["rows"])
+            n = sum(s["n"] for s in ks[0]["rows"])
+            out.append((f"99.9 % of lookups succeed after {f:.0%} die",
+                        f"{ok}/{n} ({100 * ok / n:.2f} %)", ok >= 0.999 * n))
+    pubs = [(e["nodes"], e["packets"]["publish"]["median"]) for e in sizes]
+    fet = [(e["nodes"], e["packets"]["fetch"]["median"]) for e in sizes]
+    flat = max(x for _, x in pubs) <= 1.5 * min(x for _, x in pubs)
+    out.append(("no store storms: packets per publish flat from 50 to 200",
+                "publish " + ", ".join(f"{x:.0f} at {n}" for n, x in pubs) + "; fetch "
+                + ", ".join(f"{x:.0f} at {n}" for n, x in fet), flat))
+    return out
+
+
+def _est(e: dict[str, float]) -> str:
+    return " / ".join(f"{1000 * e[k]:.0f}" for k in ("median", "p90", "max")) + " ms"
+
+
+def _lat(s: dict[str, Any]) -> str:
+    return " / ".join(f"{1000 * s[k]:.0f}" for k in ("median", "p95", "p99")) + " ms"
+
+
+def _hops(*rows: dict[str, Any]) -> str:
+    med = max(s["hops_median"] for s in rows)
+    return f"{med:g} / {max(s['hops_p95'] for s in rows):g} / {max(s['hops_max'] for s in rows)}"
+
+
+def _pct(s: dict[str, Any]) -> str:
+    return f"{s['ok']}/{s['n']} ({100 * s['ok'] / s['n']:.2f} %)" if s["n"] else "n/a"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def log(msg: str) -> None:
+    print(f"[dht {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def scale_main(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
+    """Run (or with --render, re-render) the scale bench; JSON and Markdown as the default run."""
+    if args.render is not None:
+        md = scale_markdown(json.loads(args.render.read_text()))
+        replace_section(args.out / "dht-latest.md", md, SCALE_TITLE)
+        print(md)
+        return
+    if args.churn_sizes is None:
+        args.churn_sizes = [max(args.sizes)]
+    if args.kill_size is None:
+        args.kill_size = max(args.sizes)
+    if args.budget == 300.0:  # the default run's; this one needs more
+        args.budget = 2400.0
+    if min(args.sizes) < 8 or args.scale_lookups < 1 or args.targets < 1:
+        ap.error("need at least 8 nodes, 1 lookup and 1 target")
+    load_before = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+    async def run() -> dict[str, Any]:
+        return await asyncio.wait_for(scale_bench(args, log), args.budget)
+
+    try:
+        report = asyncio.run(run())
+    except TimeoutError:
+        sys.exit(f"dht bench: exceeded --budget {args.budget:g} s; workers stopped, no report")
+    now = datetime.now(UTC)
+    report["when"] = now.strftime("%Y-%m-%d %H:%M UTC")
+    report["host"] = (
+        f"{platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})"
+    )
+    report["load_before"] = load_before
+    report["load_after"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    args.out.mkdir(parents=True, exist_ok=True)
+    out_json = args.out / f"dht-scale-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    report["params"]["out"] = str(args.out)
+    out_json.write_text(json.dumps(report, indent=1, default=str))
+    md = scale_markdown(report)
+    replace_section(args.out / "dht-latest.md", md, SCALE_TITLE)
+    print(md)
+    log(f"wrote {out_json} and {args.out / 'dht-latest.md'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=50)
@@ -787,7 +1493,37 @@ def main() -> None:
     ap.add_argument(
         "--budget", type=float, default=300.0, help="hard limit on the whole run, seconds"
     )
+    sc = ap.add_argument_group("scale (issue 11): --scale runs this instead of the above")
+    sc.add_argument("--scale", action="store_true",
+                    help="a size sweep, steady churn and 10/30/50 %% kills (see the docstring)")
+    sc.add_argument("--sizes", type=_ints, default=[50, 100, 200],
+                    help="network sizes of the sweep, comma-separated")
+    sc.add_argument("--per-proc", type=int, default=1,
+                    help="DHT nodes per worker process (1: every node its own process)")
+    sc.add_argument("--scale-lookups", type=int, default=1000, help="lookups per row")
+    sc.add_argument("--targets", type=int, default=50, help="hashes looked up, one provider each")
+    sc.add_argument("--packet-trials", type=int, default=20,
+                    help="publishes, lookups and fetches whose packets are counted, per size")
+    sc.add_argument("--quiet", type=float, default=0.1,
+                    help="seconds after an operation whose packets still count as its own")
+    sc.add_argument("--load-per-node", type=int, default=10,
+                    help="random keys announced per node to measure record load")
+    sc.add_argument("--churn", type=float, default=60.0,
+                    help="seconds of steady churn (one leaves, one joins each second)")
+    sc.add_argument("--churn-sizes", type=_ints, default=None,
+                    help="sizes that get the churn phase [default: the largest]")
+    sc.add_argument("--churn-concurrency", type=int, default=4,
+                    help="lookups in flight during churn")
+    sc.add_argument("--warm-churn", type=float, default=20.0,
+                    help="seconds of churn that age each kill level's fresh network")
+    sc.add_argument("--kill-levels", type=_floats, default=[0.1, 0.3, 0.5],
+                    help="fractions killed at once, each on a fresh network")
+    sc.add_argument("--kill-size", type=int, default=None,
+                    help="network size of the kill levels [default: the largest]")
     args = ap.parse_args()
+    if args.scale:
+        scale_main(args, ap)
+        return
     if args.render is not None:
         md = markdown(json.loads(args.render.read_text()))
         replace_section(args.out / "dht-latest.md", md, "## DHT")
@@ -797,9 +1533,6 @@ def main() -> None:
         args.load_keys = 2 * args.nodes
     if args.nodes < 4 or args.lookups < 1 or args.hashes < 1:
         ap.error("need at least 4 nodes, 1 lookup and 1 hash")
-
-    def log(msg: str) -> None:
-        print(f"[dht {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     async def run() -> dict[str, Any]:
         return await asyncio.wait_for(bench(args, log), args.budget)

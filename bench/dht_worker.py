@@ -66,6 +66,10 @@ _OP: contextvars.ContextVar[Op | None] = contextvars.ContextVar("op", default=No
 #: Upper bound on any single command, whatever the network does.
 OP_TIMEOUT = 60.0
 TTL = 1800.0
+#: The counters ``counters`` sums (cheap to ask of hundreds of processes).
+PACKET_KEYS = frozenset({"pkt_tx", "pkt_rx", "bytes_tx"})
+#: The bitfield of a partial record of a 1 GiB file (1024 chunks) holding chunk 0.
+FIRST_CHUNK = b"\x80" + bytes(127)
 
 
 class Node:
@@ -103,7 +107,37 @@ class Node:
                 op.timeout_spans.append((t0 - op.start, t1 - op.start, int(node.port)))
             return result
 
-        proto._call = counted_call
+        proto._call = counted_call  # type: ignore[method-assign]
+
+        # Every datagram on the wire, whoever causes it: the scale bench sums
+        # these over all nodes around one publish or fetch, so that traffic an
+        # operation sets off at other nodes (pings, suspect hints) counts too.
+        transport = proto.transport
+        orig_send = transport.sendto
+
+        def counted_send(data: bytes, addr: Any = None) -> None:
+            stats["pkt_tx"] += 1
+            stats["bytes_tx"] += len(data)
+            op = _OP.get()
+            if op is not None:
+                op.counts["pkt_tx"] += 1
+            orig_send(data, addr)
+
+        transport.sendto = counted_send
+        orig_rx = proto.datagram_received
+
+        def counted_rx(data: bytes, addr: Any) -> None:
+            stats["pkt_rx"] += 1
+            orig_rx(data, addr)
+
+        proto.datagram_received = counted_rx  # type: ignore[method-assign]
+        orig_request = proto.request
+
+        def counted_request(address: Any, name: str, *args: Any) -> Any:
+            stats[f"req_{name}"] += 1  # every RPC this node starts, by name
+            return orig_request(address, name, *args)
+
+        proto.request = counted_request  # type: ignore[method-assign]
 
         def wrap_rx(name: str) -> None:
             orig = getattr(proto, f"rpc_{name}")
@@ -130,7 +164,12 @@ class Worker:
         self.done = asyncio.Event()
 
     async def start(self) -> list[dict[str, Any]]:
-        for _ in range(self.count):
+        return await self._add(self.count)
+
+    async def _add(self, count: int) -> list[dict[str, Any]]:
+        """Bind ``count`` new nodes; their ids, ports and local indices."""
+        first = len(self.nodes)
+        for _ in range(count):
             dht = Dht(Identity.generate())
             try:
                 await dht.listen("127.0.0.1", 0)
@@ -139,7 +178,8 @@ class Worker:
                 raise
             port = int(dht.protocol.transport.get_extra_info("sockname")[1])
             self.nodes.append(Node(dht, port))
-        return [{"id": n.dht.node_id.hex(), "port": n.port} for n in self.nodes]
+        return [{"id": n.dht.node_id.hex(), "port": n.port, "local": first + i}
+                for i, n in enumerate(self.nodes[first:])]
 
     def stop_all(self) -> None:
         for node in self.nodes:
@@ -204,6 +244,48 @@ class Worker:
             "op": op.to_json(),
             "cost": cost,
         }
+
+    async def cmd_spawn(self, count: int = 1) -> dict[str, Any]:
+        """New nodes in this process (churn joins when nodes share processes)."""
+        return {"nodes": await self._add(count)}
+
+    async def cmd_fetch(self, node: int, hash: str, announces: int = 2) -> dict[str, Any]:
+        """The DHT operations of one ``dhtshare fetch`` of a small file, in order.
+
+        The fetch path (dhtshare/transfer/manifest_source.py, supervisor.py)
+        looks up the manifest's providers; the node then announces itself
+        after its first verified chunk (``Node.chunk_verified``: a partial
+        record) and again once the file is complete (``Ops.fetch``).  A
+        download that outlasts 0.2 s also looks up again (0.2, 0.6, 1.4 s,
+        then every 2 s while it has fewer than 16 peers): that is one more
+        lookup each, priced by the lookup part of this command.
+        """
+        n = self.node(node)
+        h = bytes.fromhex(hash)
+        op = Op()
+        _OP.set(op)
+        res = await n.dht.lookup_providers(h)
+        lookup = {"wall": time.monotonic() - op.start, "op": op.to_json(),
+                  "found": sum(1 for r in res.records.values() if r.node_id != n.dht.node_id),
+                  "hops": res.hops}
+        parts = []
+        for i in range(announces):
+            part = Op()
+            _OP.set(part)
+            complete = i == announces - 1
+            stored = await n.dht.announce(h, Announcement(n.port, TTL, complete,
+                                                          b"" if complete else FIRST_CHUNK))
+            parts.append({"stored": stored, "wall": time.monotonic() - part.start,
+                          "op": part.to_json()})
+        return {"wall": time.monotonic() - op.start, "lookup": lookup, "announces": parts}
+
+    async def cmd_counters(self) -> dict[str, Any]:
+        """Datagrams sent and received by every node of this process, dead ones included."""
+        total: Counter[str] = Counter()
+        for n in self.nodes:
+            total.update({k: v for k, v in n.stats.items()
+                          if k in PACKET_KEYS or k.startswith("req_")})
+        return dict(total)
 
     async def cmd_kill(self, nodes: list[int]) -> dict[str, Any]:
         for i in nodes:

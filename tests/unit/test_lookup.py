@@ -274,6 +274,22 @@ def test_one_stall_does_not_inflate_the_estimate() -> None:
     assert rtt.stale_after() == rtt.floor
 
 
+def test_a_burst_long_past_does_not_hold_the_estimate() -> None:
+    """A node that asks seldom goes by its next answers, not by a burst of load long over."""
+    now = [0.0]
+    rtt = RttEstimator(clock=lambda: now[0])
+    for _ in range(32):
+        rtt.sample(0.050)  # a loaded machine
+    assert rtt.stale_after() == pytest.approx(0.100)
+    now[0] = 60.0  # idle since: the old window is all there is
+    assert rtt.stale_after() == pytest.approx(0.100)
+    for _ in range(2):
+        rtt.sample(0.001)
+    assert rtt.stale_after() == pytest.approx(0.100)  # two fresh answers are not enough
+    rtt.sample(0.001)
+    assert rtt.stale_after() == rtt.floor
+
+
 def test_routing_table_finds_the_true_closest_contacts() -> None:
     """The bucket-pruned nearest-neighbour query equals a brute-force sort."""
     from dhtshare.net.dht.routing import Node, RoutingTable

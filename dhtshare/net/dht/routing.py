@@ -89,9 +89,10 @@ class RoutingTable(_KadRoutingTable):  # type: ignore[misc]
                 if known is not None:
                     self.protocol.check_alive(known, quiet=0.0)
                 return False
-            if known is None:
-                self._flat = None  # a waiting contact may move in
-            bucket.add_node(contact)  # to the tail
+            # To the tail.  A waiting contact moves in only if there is room:
+            # otherwise the table is unchanged and its cached views stay valid.
+            if bucket.add_node(contact) and known is None:
+                self._flat = None
         else:
             there = self.at_address(node.ip, node.port)
             if there is not None:
@@ -138,10 +139,17 @@ class RoutingTable(_KadRoutingTable):  # type: ignore[misc]
         ][:k]
 
     def add_contact(self, node: Node) -> None:
-        self._flat = None
+        """Add ``node``, or put it on its full bucket's waiting list.
+
+        The cached :meth:`contacts` are dropped only when the contacts change:
+        in a network larger than the table, most packets come from nodes
+        that wait (or would) in a full bucket, and rebuilding the cache for
+        each of them cost every answered RPC a pass over the whole table.
+        """
         index = self.get_bucket_for(node)
         bucket = self.buckets[index]
         if bucket.add_node(node):
+            self._flat = None
             return
         if bucket.has_in_range(self.node) or bucket.depth() % 5 != 0:
             self.split_bucket(index)
