@@ -241,6 +241,28 @@ def totals(stats: list[dict[str, Any]]) -> Counter[str]:
 
 
 # -- statistics ---------------------------------------------------------------------------
+def run_bounded(
+    bench_fn: Callable[[argparse.Namespace, Callable[[str], None]], Any],
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], datetime]:
+    """Run a bench coroutine within ``--budget``; its report, stamped with when and where."""
+
+    async def run() -> dict[str, Any]:
+        result: dict[str, Any] = await asyncio.wait_for(bench_fn(args, log), args.budget)
+        return result
+
+    try:
+        report = asyncio.run(run())
+    except TimeoutError:
+        sys.exit(f"dht bench: exceeded --budget {args.budget:g} s; workers stopped, no report")
+    now = datetime.now(UTC)
+    report["when"] = now.strftime("%Y-%m-%d %H:%M UTC")
+    report["host"] = (
+        f"{platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})"
+    )
+    return report, now
+
+
 def pct(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); nan for an empty list."""
     if not values:
@@ -1432,18 +1454,7 @@ def scale_main(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
         ap.error("need at least 8 nodes, 1 lookup and 1 target")
     load_before = " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
-    async def run() -> dict[str, Any]:
-        return await asyncio.wait_for(scale_bench(args, log), args.budget)
-
-    try:
-        report = asyncio.run(run())
-    except TimeoutError:
-        sys.exit(f"dht bench: exceeded --budget {args.budget:g} s; workers stopped, no report")
-    now = datetime.now(UTC)
-    report["when"] = now.strftime("%Y-%m-%d %H:%M UTC")
-    report["host"] = (
-        f"{platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})"
-    )
+    report, now = run_bounded(scale_bench, args)
     report["load_before"] = load_before
     report["load_after"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     args.out.mkdir(parents=True, exist_ok=True)
@@ -1534,18 +1545,7 @@ def main() -> None:
     if args.nodes < 4 or args.lookups < 1 or args.hashes < 1:
         ap.error("need at least 4 nodes, 1 lookup and 1 hash")
 
-    async def run() -> dict[str, Any]:
-        return await asyncio.wait_for(bench(args, log), args.budget)
-
-    try:
-        report = asyncio.run(run())
-    except TimeoutError:
-        sys.exit(f"dht bench: exceeded --budget {args.budget:g} s; workers stopped, no report")
-    now = datetime.now(UTC)
-    report["when"] = now.strftime("%Y-%m-%d %H:%M UTC")
-    report["host"] = (
-        f"{platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})"
-    )
+    report, now = run_bounded(bench, args)
     args.out.mkdir(parents=True, exist_ok=True)
     out_json = args.out / f"dht-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
     report["params"]["out"] = str(args.out)

@@ -46,7 +46,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import signal
@@ -63,14 +62,13 @@ from typing import Any
 
 from dht import pct
 from mdreport import replace_section
-from swarm import INTERRUPTS, BudgetExceeded, log_summary
+from swarm import INTERRUPTS, BudgetExceeded, log_summary, report_header
 from transfer import (
     Proc,
     dhtshare_argv,
     log,
     precompile_dhtshare,
     stop_all,
-    versions,
 )
 
 from dhtshare.disk.hashing import sha256_file
@@ -519,15 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dhts-scale-", dir=args.workdir))
-    report: dict[str, Any] = {
-        "started": started.strftime("%Y-%m-%d %H:%M:%SZ"),
-        "argv": argv,
-        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "host": {"name": platform.node(), "cpus": os.cpu_count(),
-                 "python": platform.python_version(), "loadavg_start": os.getloadavg()},
-        "versions": {k: v for k, v in versions().items() if k != "libtorrent"},
-        "complete": False,
-    }
+    report = report_header(started, argv, args)
     rc = 1
     try:
         INTERRUPTS.install(args.budget, t_start)

@@ -675,6 +675,22 @@ def jsonable(obj: Any) -> Any:
     return to_jsonable(obj)
 
 
+def report_header(started: datetime, argv: list[str],
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """What every real-process bench report starts with: when, how, on what machine."""
+    return {
+        "started": started.strftime("%Y-%m-%d %H:%M:%SZ"),
+        "argv": argv,
+        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "host": {"name": platform.node(), "cpus": os.cpu_count(),
+                 "python": platform.python_version(), "platform": platform.platform(),
+                 "loadavg_start": os.getloadavg()},
+        "versions": {k: v for k, v in versions().items() if k != "libtorrent"},
+        "complete": False,
+        "fds_at_start": open_fds(),
+    }
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -688,17 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dhtshare-swarm-", dir=args.workdir))
-    report: dict[str, Any] = {
-        "started": started.strftime("%Y-%m-%d %H:%M:%SZ"),
-        "argv": argv,
-        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "host": {"name": platform.node(), "cpus": os.cpu_count(),
-                 "python": platform.python_version(), "platform": platform.platform(),
-                 "loadavg_start": os.getloadavg()},
-        "versions": {k: v for k, v in versions().items() if k != "libtorrent"},
-        "complete": False,
-        "fds_at_start": open_fds(),
-    }
+    report = report_header(started, argv, args)
     rc = 1
     try:
         INTERRUPTS.install(args.budget, t_start)
