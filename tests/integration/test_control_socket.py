@@ -77,7 +77,10 @@ import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.settimeout(10)
 s.connect(sys.argv[1])
-s.sendall(bytes.fromhex(sys.argv[2]))
+try:
+    s.sendall(bytes.fromhex(sys.argv[2]))
+except (BrokenPipeError, ConnectionResetError):
+    pass  # the node may close on us before the request is even written
 got = b""
 while True:
     try:
