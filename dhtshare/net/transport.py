@@ -142,11 +142,11 @@ class Connection(asyncio.BufferedProtocol):
         #: (time, bytes sent, bytes received) samples, a second apart (see :meth:`sample`).
         self._samples: collections.deque[tuple[float, int, int]] = collections.deque(
             [(self.opened_at, 0, 0)], maxlen=RATE_SAMPLES)
-        self._active = True  # bytes moved since the idle timer last looked
         self.transport: asyncio.Transport | None = None
         self.peername: tuple[str, int] = ("?", 0)
         self._loop = asyncio.get_running_loop()
-        #: When bytes last moved either way (``loop.time()``), see :meth:`quiet_for`.
+        #: When bytes last moved either way (``loop.time()``): the idle timer and
+        #: :meth:`quiet_for` go by it.
         self.last_active = self._loop.time()
         self._handshake: asyncio.Future[m.Hello] = self._loop.create_future()
         self._deadline: asyncio.TimerHandle | None = None
@@ -226,8 +226,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _idle_check(self) -> None:
         """Close a link that moved nothing and waits for nothing for a whole period."""
-        busy = self._active or self._waited_on()
-        self._active = False
+        busy = (self._loop.time() - self.last_active < self._idle_timeout
+                or self._waited_on())
         if busy:
             self._idle = self._loop.call_later(self._idle_timeout, self._idle_check)
         else:
@@ -259,7 +259,6 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.bytes_received += nbytes
-        self._active = True
         self.last_active = self._loop.time()
         if self.limiter is not None:
             pause = self.limiter.received(nbytes)
@@ -401,7 +400,6 @@ class Connection(asyncio.BufferedProtocol):
             self._write(self.session.send(msg, body))
 
     def _write(self, wire: Wire) -> None:
-        self._active = True
         self.last_active = self._loop.time()
         if self._held is not None:
             self._held.extend(bytes(piece) for piece in wire)
