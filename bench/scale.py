@@ -62,13 +62,12 @@ from typing import Any
 
 from dht import pct
 from mdreport import replace_section
-from swarm import INTERRUPTS, BudgetExceeded, log_summary, report_header
+from swarm import INTERRUPTS, report_header, run_guarded
 from transfer import (
     Proc,
     dhtshare_argv,
     log,
     precompile_dhtshare,
-    stop_all,
 )
 
 from dhtshare.disk.hashing import sha256_file
@@ -518,26 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dhts-scale-", dir=args.workdir))
     report = report_header(started, argv, args)
-    rc = 1
     try:
-        INTERRUPTS.install(args.budget, t_start)
-        bench(args, work, report)
-        report["complete"] = True
-        rc = 0
-    except KeyboardInterrupt as err:
-        report["error"] = f"interrupted ({err})"
-        rc = 130
-    except BudgetExceeded as err:
-        report["error"] = str(err)
-    except Exception as err:
-        report["error"] = f"{type(err).__name__}: {err}"
-        log(f"failed: {report['error']}")
+        rc = run_guarded(bench, args, work, report, t_start)
     finally:
-        INTERRUPTS.uninstall()
-        stop_all()
-        report["node_logs"] = log_summary(work / "logs")
-        report["seconds"] = time.monotonic() - t_start
-        report["host"]["loadavg_end"] = os.getloadavg()
         args.out.mkdir(parents=True, exist_ok=True)
         json_path = args.out / f"scale-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
         json_path.write_text(json.dumps(jsonable(report), indent=1) + "\n")

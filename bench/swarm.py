@@ -59,7 +59,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -691,24 +691,19 @@ def report_header(started: datetime, argv: list[str],
     }
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def run_guarded(
+    bench_fn: Callable[[argparse.Namespace, Path, dict[str, Any]], None],
+    args: argparse.Namespace, work: Path, report: dict[str, Any], t_start: float,
+) -> int:
+    """Run a real-process bench within ``--budget``, then stop every node, whatever happens.
 
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    precompile_dhtshare()  # as an installed package has it: see transfer.py
-
-    started = datetime.now(UTC)
-    t_start = time.monotonic()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="dhtshare-swarm-", dir=args.workdir))
-    report = report_header(started, argv, args)
+    Fills ``report`` with the outcome (``complete`` or ``error``), the stop
+    time, the node logs' warnings and the run's length; returns the exit code.
+    """
     rc = 1
     try:
         INTERRUPTS.install(args.budget, t_start)
-        bench(args, work, report)
+        bench_fn(args, work, report)
         report["complete"] = True
         rc = 0
     except KeyboardInterrupt as err:
@@ -729,6 +724,26 @@ def main(argv: list[str] | None = None) -> int:
         report["node_logs"] = log_summary(work / "logs")
         report["seconds"] = time.monotonic() - t_start
         report["host"]["loadavg_end"] = os.getloadavg()
+    return rc
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    precompile_dhtshare()  # as an installed package has it: see transfer.py
+
+    started = datetime.now(UTC)
+    t_start = time.monotonic()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="dhtshare-swarm-", dir=args.workdir))
+    report = report_header(started, argv, args)
+    try:
+        rc = run_guarded(bench, args, work, report, t_start)
+    finally:
         report["orchestrator_vmhwm"] = proc_status(os.getpid()).get("VmHWM")
         report["fds_at_end"] = open_fds()
         report["targets"] = targets(report)

@@ -113,6 +113,29 @@ def least_holding(hosts: list[Host], held: dict[str, int], but: tuple[Host, ...]
     return min((x for x in hosts if x not in but), key=lambda x: held[x.name])
 
 
+@contextlib.contextmanager
+def background_fetch(host: Host, h: str, out: Path) -> Iterator[subprocess.Popen[str]]:
+    """``dhtshare fetch --json`` through ``host``'s node, running while the block injects a fault.
+
+    The block waits for it (``communicate``); if the block fails first, the fetch is killed.
+    """
+    cmd = [sys.executable, "-m", "dhtshare", "fetch", h, "-o", str(out), "--json",
+           "--data-dir", str(host.data_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+
+
+def received_from(fetcher: Host, peer: Host) -> int:
+    """Bytes ``fetcher``'s node has received so far on its open links to ``peer``."""
+    links = fetcher.cli_json("peers")["peers"]
+    return sum(p["bytes_received"] for p in links if p["address"].split(":")[0] == peer.ip)
+
+
 def fetch_timed(host: Host, h: str, out: Path, timeout: float) -> tuple[dict[str, Any], float]:
     t0 = time.monotonic()
     result = host.fetch(h, out, timeout=timeout)
@@ -213,24 +236,13 @@ def test_holder_partitioned_mid_fetch(lab_dir: Path, tmp_path: Path) -> None:
         assert sha256_file(tmp_path / "base.bin") == sha256_file(src)
 
         out = tmp_path / "cut.bin"
-        cmd = [sys.executable, "-m", "dhtshare", "fetch", h, "-o", str(out), "--json",
-               "--data-dir", str(victim_fetcher.data_dir)]
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            def sending() -> bool:
-                links = victim_fetcher.cli_json("peers")["peers"]
-                return any(p["address"].split(":")[0] == publisher.ip
-                           and p["bytes_received"] > 2 * MIB for p in links)
-
-            assert wait_until(sending, 20, 0.2), "the publisher never sent to the fetcher"
+        with background_fetch(victim_fetcher, h, out) as proc:
+            assert wait_until(lambda: received_from(victim_fetcher, publisher) > 2 * MIB, 20,
+                              0.2), "the publisher never sent to the fetcher"
             t_cut = time.monotonic() - t0
             publisher.link_down()
             stdout, stderr = proc.communicate(timeout=90)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=10)
         wall = time.monotonic() - t0
         assert proc.returncode == 0, stderr
         result = json.loads(stdout.strip().splitlines()[-1])
@@ -282,17 +294,9 @@ def test_sole_holder_cut_briefly_mid_fetch(lab_dir: Path, tmp_path: Path) -> Non
         h = holder.publish(src, "--replicas", "0", timeout=60)
         fetcher.cli("limit", "--download", "2M")
         out = tmp_path / "sole-got.bin"
-        cmd = [sys.executable, "-m", "dhtshare", "fetch", h, "-o", str(out), "--json",
-               "--data-dir", str(fetcher.data_dir)]
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            def received() -> int:
-                links = fetcher.cli_json("peers")["peers"]
-                return sum(p["bytes_received"] for p in links
-                           if p["address"].split(":")[0] == holder.ip)
-
-            assert wait_until(lambda: received() > 3 * MIB, 20, 0.2)
+        with background_fetch(fetcher, h, out) as proc:
+            assert wait_until(lambda: received_from(fetcher, holder) > 3 * MIB, 20, 0.2)
             holder.link_down()
             t_cut = time.monotonic() - t0
             # Down past the stall timeout: the fetch drops the peer in the meantime.
@@ -300,10 +304,6 @@ def test_sole_holder_cut_briefly_mid_fetch(lab_dir: Path, tmp_path: Path) -> Non
             holder.link_up()
             t_up = time.monotonic() - t0
             stdout, stderr = proc.communicate(timeout=90)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=10)
         wall = time.monotonic() - t0
         assert proc.returncode == 0, f"{stderr}\n{fetcher.log()[-3000:]}"
         result = json.loads(stdout.strip().splitlines()[-1])
